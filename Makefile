@@ -1,0 +1,45 @@
+# The two commands: `make run` (the embedded default, end to end) and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: help venv image run test test-fast lint stop clean
+
+help:
+	@echo "make run        run abalone_retraining once on the embedded default (needs a Docker engine)"
+	@echo "make test       every test, the Docker end-to-end ones included"
+	@echo "make test-fast  the tests that need no Docker engine"
+	@echo "make lint       ruff, with Airflow 3's AIR rules"
+	@echo "make image      build the trainer image (on the DLC, or the stand-in without a registry)"
+	@echo "make stop       stop the local MLflow server started by make run"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml trainer/pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -r requirements-dev.txt -e . -e trainer
+	touch $@
+
+venv: $(VENV)/.installed
+
+image: venv
+	PYTHON=$(PY) scripts/build-trainer-image.sh
+
+run: venv
+	scripts/run-local.sh
+
+test: venv image
+	$(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not e2e"
+
+lint: venv
+	$(VENV)/bin/ruff check dags include plugins tests trainer
+	$(VENV)/bin/ruff format --check dags include plugins tests trainer
+
+stop:
+	@if [ -f .local/mlflow/server.pid ]; then kill $$(cat .local/mlflow/server.pid) 2>/dev/null || true; rm -f .local/mlflow/server.pid; fi
+
+clean: stop
+	rm -rf .local

@@ -1,0 +1,128 @@
+"""Pipeline and environment settings, read from ``ABALONE_*`` environment variables with defaults.
+
+Reading this module touches nothing but ``os.environ``: it is safe at DAG parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_DATA = PROJECT_ROOT / "include" / "data" / "abalone.data"
+
+
+T = TypeVar("T", int, float)
+
+
+class ConfigError(ValueError):
+    """A setting is malformed; the message names the variable."""
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use true or false")
+
+
+def _number(env: Mapping[str, str], name: str, default: T, parse: Callable[[str], T], what: str) -> T:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything that differs between the embedded default and production."""
+
+    # MLflow: an http(s):// server, or a SageMaker managed MLflow ARN (handled by the sagemaker-mlflow plugin).
+    tracking_uri: str = "http://127.0.0.1:5000"
+    experiment: str = "abalone-retraining"
+    model_name: str = "abalone-rings"
+    champion_alias: str = "champion"
+    # Where staged data lives: s3://bucket/prefix in production, a local directory by default.
+    object_store_uri: str = (PROJECT_ROOT / ".local" / "object-store").as_uri()
+    source_uri: str = BUNDLED_DATA.as_uri()
+    aws_conn_id: str = "aws_default"
+    trainer_image: str = "abalone-trainer:latest"
+    gpu: bool = False
+    docker_url: str = "unix://var/run/docker.sock"
+    network_mode: str = "host"
+    train_queue: str = "gpu"
+    train_pool: str = "gpu"
+    task_retries: int = 2
+    retry_delay_seconds: int = 120
+    # Gate: RMSE in rings. The mean predictor scores about 3.2; a sound model about 2.1.
+    max_test_rmse: float = 2.5
+    rmse_tolerance: float = 0.02
+
+    @property
+    def local_store_root(self) -> Path | None:
+        """The directory behind a ``file://`` object store, which the trainer container must mount."""
+        if self.object_store_uri.startswith("file://"):
+            return Path(self.object_store_uri.removeprefix("file://"))
+        return None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        default = cls()
+
+        def text(name: str, fallback: str) -> str:
+            return env.get(name) or fallback
+
+        settings = cls(
+            tracking_uri=text("ABALONE_MLFLOW_TRACKING_URI", env.get("MLFLOW_TRACKING_URI") or default.tracking_uri),
+            experiment=text("ABALONE_EXPERIMENT", default.experiment),
+            model_name=text("ABALONE_MODEL_NAME", default.model_name),
+            champion_alias=text("ABALONE_CHAMPION_ALIAS", default.champion_alias),
+            object_store_uri=text("ABALONE_OBJECT_STORE_URI", default.object_store_uri).rstrip("/"),
+            source_uri=text("ABALONE_SOURCE_URI", default.source_uri),
+            aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
+            trainer_image=text("ABALONE_TRAINER_IMAGE", default.trainer_image),
+            gpu=_bool(env, "ABALONE_GPU", default.gpu),
+            docker_url=text("ABALONE_DOCKER_URL", default.docker_url),
+            network_mode=text("ABALONE_DOCKER_NETWORK_MODE", default.network_mode),
+            train_queue=text("ABALONE_TRAIN_QUEUE", default.train_queue),
+            train_pool=text("ABALONE_TRAIN_POOL", default.train_pool),
+            task_retries=_number(env, "ABALONE_TASK_RETRIES", default.task_retries, int, "a whole number"),
+            retry_delay_seconds=_number(
+                env, "ABALONE_RETRY_DELAY_SECONDS", default.retry_delay_seconds, int, "a whole number"
+            ),
+            max_test_rmse=_number(env, "ABALONE_GATE_MAX_TEST_RMSE", default.max_test_rmse, float, "a number"),
+            rmse_tolerance=_number(env, "ABALONE_GATE_RMSE_TOLERANCE", default.rmse_tolerance, float, "a number"),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if not self.tracking_uri.startswith(("http://", "https://", "arn:aws:sagemaker:")):
+            raise ConfigError(
+                f"ABALONE_MLFLOW_TRACKING_URI={self.tracking_uri!r}: use an http(s):// MLflow server "
+                "or a SageMaker MLflow tracking server ARN (arn:aws:sagemaker:...)"
+            )
+        if not self.object_store_uri.startswith(("file://", "s3://")):
+            raise ConfigError(
+                f"ABALONE_OBJECT_STORE_URI={self.object_store_uri!r}: use s3://bucket/prefix or file:///dir"
+            )
+        if not 0 <= self.task_retries <= 10:
+            raise ConfigError(f"ABALONE_TASK_RETRIES must be between 0 and 10, got {self.task_retries}")
+        if self.retry_delay_seconds < 0:
+            raise ConfigError(f"ABALONE_RETRY_DELAY_SECONDS must be >= 0, got {self.retry_delay_seconds}")
+        if self.max_test_rmse <= 0:
+            raise ConfigError(f"ABALONE_GATE_MAX_TEST_RMSE must be positive, got {self.max_test_rmse}")
+        if self.rmse_tolerance < 0:
+            raise ConfigError(f"ABALONE_GATE_RMSE_TOLERANCE must be >= 0, got {self.rmse_tolerance}")

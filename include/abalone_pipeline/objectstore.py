@@ -1,0 +1,142 @@
+"""A minimal object store over a local directory or S3, with create-only writes.
+
+Writes never leave a half-written object: a local write goes to a temporary file that is renamed into
+place, and an S3 PUT is atomic. ``put_if_absent`` never replaces an existing object, so a retry racing
+an earlier attempt cannot overwrite what that attempt staged.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+
+class ObjectStoreError(Exception):
+    """An object could not be read or written; the message names it."""
+
+
+class ObjectStore(ABC):
+    """Keys are ``/``-separated paths below the store's root URI."""
+
+    root_uri: str
+
+    def uri(self, key: str) -> str:
+        return f"{self.root_uri}/{key}"
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` unless an object is already there; return whether it wrote."""
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root_uri = root.as_uri()
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ObjectStoreError(f"key {key!r} escapes the store root {self.root}")
+        return path
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except OSError as exc:
+            raise ObjectStoreError(f"cannot read {self.uri(key)}: {exc.strerror}") from exc
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            try:
+                os.link(tmp, path)  # fails if the target exists: create-only, like S3's If-None-Match
+            except FileExistsError:
+                return False
+            return True
+        finally:
+            os.unlink(tmp)
+
+
+class S3Store(ObjectStore):
+    def __init__(self, bucket: str, prefix: str, client) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.client = client
+        self.root_uri = f"s3://{bucket}" + (f"/{self.prefix}" if self.prefix else "")
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except Exception as exc:
+            raise ObjectStoreError(f"cannot read {self.uri(key)}: {exc}") from exc
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise ObjectStoreError(f"cannot check {self.uri(key)}: {exc}") from exc
+        return True
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise ObjectStoreError(f"cannot write {self.uri(key)}: {exc}") from exc
+        return True
+
+
+def open_store(uri: str, s3_client_factory=None) -> ObjectStore:
+    """The store at ``file:///dir`` or ``s3://bucket/prefix``; ``s3_client_factory`` builds the boto3 client."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return LocalStore(Path(unquote(parsed.path)))
+    if parsed.scheme == "s3":
+        if s3_client_factory is None:
+            import boto3
+
+            s3_client_factory = lambda: boto3.client("s3")  # ruff: ignore[lambda-assignment]
+        return S3Store(parsed.netloc, parsed.path, s3_client_factory())
+    raise ObjectStoreError(f"unsupported object store {uri!r}: use s3://bucket/prefix or file:///dir")
+
+
+def read_source(uri: str, s3_client_factory=None) -> bytes:
+    """Bytes of a source file named by a local path, ``file://`` or ``s3://`` URI."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(unquote(parsed.path) if parsed.scheme else uri)
+        if not path.is_file():
+            raise ObjectStoreError(f"source {uri} does not exist or is not a file")
+        return path.read_bytes()
+    if parsed.scheme == "s3":
+        store = open_store(f"s3://{parsed.netloc}", s3_client_factory)
+        return store.get(parsed.path.lstrip("/"))
+    raise ObjectStoreError(f"unsupported source {uri!r}: use a path, file:// or s3://")

@@ -1,0 +1,53 @@
+"""``python -m abalone_pipeline.report``: what the last run decided and where to look."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from abalone_pipeline.config import Settings
+from abalone_pipeline.registry import TAG_DECISION, TAG_REASONS, current_version
+
+
+def main() -> int:
+    from mlflow.tracking import MlflowClient
+
+    logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+    settings = Settings.from_env()
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    runs = (
+        client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)
+        if experiment
+        else []
+    )
+    if not runs:
+        print(f"No MLflow run in experiment {settings.experiment!r} at {settings.tracking_uri}")
+        return 1
+    run = runs[0]
+    tags, metrics = run.data.tags, run.data.metrics
+    print(
+        f"Last candidate:  run {run.info.run_id} ({run.info.status}), "
+        f"test_rmse {metrics.get('test_rmse', float('nan')):.4f}"
+    )
+    print(f"Gate decision:   {tags.get(TAG_DECISION, 'not recorded (the run stopped before the promote task)')}")
+    if TAG_REASONS in tags:
+        print(f"Reasons:         {tags[TAG_REASONS]}")
+    champion = current_version(client, settings.model_name, settings.champion_alias)
+    if champion is None:
+        print(f"Champion:        none: {settings.model_name}@{settings.champion_alias} is not set")
+    else:
+        version = client.get_model_version(settings.model_name, champion)
+        print(
+            f"Champion:        {settings.model_name} v{champion} "
+            f"(models:/{settings.model_name}@{settings.champion_alias}, run {version.run_id})"
+        )
+    if settings.tracking_uri.startswith("http"):
+        print(f"MLflow UI:       {settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
+        print(f"Registry:        {settings.tracking_uri}/#/models/{settings.model_name}")
+    print(f"Staged data:     {tags.get('abalone.manifest_uri', settings.object_store_uri)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

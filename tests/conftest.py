@@ -1,0 +1,28 @@
+"""Shared fixtures: the bundled data, and small copies of it for fast tests."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Airflow reads its home on first import: give the tests their own, never the user's ~/airflow.
+os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="abalone-test-airflow-"))
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+import pytest
+
+from abalone_pipeline.config import BUNDLED_DATA
+
+
+@pytest.fixture(scope="session")
+def abalone_bytes() -> bytes:
+    return BUNDLED_DATA.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def small_abalone(tmp_path_factory: pytest.TempPathFactory, abalone_bytes: bytes) -> Path:
+    """The first 400 rows of the real file: enough for every split, fast to train on."""
+    path = tmp_path_factory.mktemp("data") / "abalone-small.data"
+    path.write_bytes(b"\n".join(abalone_bytes.splitlines()[:400]) + b"\n")
+    return path

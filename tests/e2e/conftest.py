@@ -1,0 +1,170 @@
+"""Real local services for the end-to-end tests: an S3 server, an MLflow server storing its artifacts in
+that S3, Airflow on SQLite, and the Docker engine running the trainer image."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from moto.server import ThreadedMotoServer
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STAGING_BUCKET = "abalone-staging"
+ARTIFACT_BUCKET = "mlflow-artifacts"
+TRAINER_IMAGE = os.environ.get("ABALONE_TRAINER_IMAGE", "abalone-trainer:latest")
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+# moto's server logs every request through werkzeug; the tests' own assertions say what matters.
+logging.getLogger("werkzeug").setLevel(logging.WARNING)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.fail("no Docker engine is reachable: start dockerd (see the README) before the end-to-end tests")
+    if subprocess.run(["docker", "image", "inspect", TRAINER_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"the trainer image {TRAINER_IMAGE} is missing: run `make image` first")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port())
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        **{k.lower(): v for k, v in AWS_ENV.items() if k != "AWS_DEFAULT_REGION"},
+        region_name="us-east-1",
+    )
+    for bucket in (STAGING_BUCKET, ARTIFACT_BUCKET):
+        client.create_bucket(Bucket=bucket)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(s3_endpoint):
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint,
+        aws_access_key_id=AWS_ENV["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+    )
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_endpoint) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend and proxied artifacts in the S3 bucket, as in production."""
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    log = (home / "server.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{home}/mlflow.db",
+            "--artifacts-destination",
+            f"s3://{ARTIFACT_BUCKET}/",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"{uri}/health", timeout=2).ok:
+                break
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None:
+            pytest.fail(f"mlflow server exited: {(home / 'server.log').read_text()[-2000:]}")
+        time.sleep(1)
+    else:
+        pytest.fail("mlflow server did not answer /health within 120 s")
+    yield uri
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@dataclass
+class Airflow:
+    """Runs the DAG as ``airflow dags test`` does, in its own SQLite home, with the pipeline's settings in the
+    environment; the run id is ``manual__<logical date>``, so a second call re-runs the same DAG run."""
+
+    env: dict[str, str]
+    runs: list[subprocess.CompletedProcess] = field(default_factory=list)
+
+    def dags_test(self, logical_date: str, conf: dict | None = None, **env: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(Path(__file__).with_name("dag_test_runner.py")), logical_date]
+        if conf:
+            command.append(json.dumps(conf))
+        result = subprocess.run(command, env={**self.env, **env}, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        result.output = result.stdout + result.stderr  # type: ignore[attr-defined]
+        self.runs.append(result)
+        return result
+
+
+@pytest.fixture(scope="session")
+def airflow(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Airflow:
+    home = tmp_path_factory.mktemp("airflow")
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "ABALONE_MLFLOW_TRACKING_URI": mlflow_server,
+        "ABALONE_OBJECT_STORE_URI": f"s3://{STAGING_BUCKET}/pipeline",
+        "ABALONE_TRAINER_IMAGE": TRAINER_IMAGE,
+        "ABALONE_EXPERIMENT": "abalone-e2e",
+        "ABALONE_MODEL_NAME": "abalone-e2e",
+        "ABALONE_TASK_RETRIES": "0",
+    }
+    migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    return Airflow(env=env)

@@ -1,0 +1,118 @@
+"""Training and scoring log what the registry and the audit need, against a real MLflow store."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from abalone_trainer import cli
+from abalone_trainer.data import load_staged
+from abalone_trainer.defaults import FEATURES, HyperParams
+from abalone_trainer.evaluate import evaluate
+from abalone_trainer.train import train_and_log
+
+HPARAMS = HyperParams(epochs=4, patience=2)
+
+
+@pytest.fixture
+def trained(small_manifest_uri, tracking_uri):
+    data = load_staged(small_manifest_uri)
+    result = train_and_log(
+        data,
+        HPARAMS,
+        experiment="abalone-test",
+        idempotency_key="dag/run-1",
+        tracking_uri=tracking_uri,
+        tags={"airflow.run_id": "run-1"},
+    )
+    return data, result
+
+
+def test_the_run_holds_params_metrics_lineage_and_model(trained, tracking_uri):
+    data, result = trained
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["epochs"] == "4" and run.data.params["dataset_id"] == data.dataset_id
+    assert set(result["metrics"]) == {"test_rmse", "test_mae", "test_r2", "test_mse"}
+    assert run.data.metrics["test_rmse"] == pytest.approx(result["metrics"]["test_rmse"])
+    assert len(client.get_metric_history(result["run_id"], "loss")) == run.data.metrics["epochs_run"] >= 2
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    test_input = inputs[f"abalone-{data.dataset_id}-test"]
+    assert test_input.dataset.source and data.split_uri("test") in test_input.dataset.source
+    assert test_input.dataset.digest == data.split_sha256("test")[:32]
+    assert run.data.tags["airflow.run_id"] == "run-1"
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    predictions = model.predict(data.frames["test"][list(FEATURES)].head(3))
+    assert len(predictions) == 3
+    assert model.metadata.get_input_schema().input_names() == list(FEATURES)
+
+
+def test_a_rerun_of_the_same_key_reuses_the_finished_run(trained, small_manifest_uri, tracking_uri):
+    data, first = trained
+    again = train_and_log(
+        data, HPARAMS, experiment="abalone-test", idempotency_key="dag/run-1", tracking_uri=tracking_uri
+    )
+    assert again["reused"] and again["run_id"] == first["run_id"] and again["model_uri"] == first["model_uri"]
+    assert len(MlflowClient(tracking_uri).search_runs([first["experiment_id"]])) == 1
+
+
+def test_evaluate_without_and_with_a_champion(trained, small_manifest_uri, tracking_uri):
+    data, result = trained
+    alone = evaluate(
+        data, candidate_model_uri=result["model_uri"], model_name="abalone-test", tracking_uri=tracking_uri
+    )
+    assert alone["champion"] is None
+    assert alone["candidate"]["metrics"]["test_rmse"] == pytest.approx(result["metrics"]["test_rmse"], rel=1e-6)
+
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model("abalone-test")
+    version = client.create_model_version("abalone-test", result["model_uri"], run_id=result["run_id"])
+    client.set_registered_model_alias("abalone-test", "champion", version.version)
+    both = evaluate(data, candidate_model_uri=result["model_uri"], model_name="abalone-test", tracking_uri=tracking_uri)
+    assert both["champion"]["version"] == str(version.version)
+    assert both["champion"]["metrics"] == pytest.approx(both["candidate"]["metrics"])
+
+
+def test_cli_prints_one_result_line(small_manifest_uri, tracking_uri, capsys):
+    code = cli.main(
+        [
+            "--tracking-uri",
+            tracking_uri,
+            "--manifest-uri",
+            small_manifest_uri,
+            "train",
+            "--idempotency-key",
+            "k",
+            "--epochs",
+            "2",
+            "--patience",
+            "1",
+        ]
+    )
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert code == 0 and lines[-1].startswith("ABALONE_RESULT ")
+    assert json.loads(lines[-1].removeprefix("ABALONE_RESULT "))["metrics"]["test_rmse"] > 0
+
+
+def test_cli_bad_input_exits_3_with_a_named_error(tmp_path, tracking_uri, capsys):
+    code = cli.main(
+        [
+            "--tracking-uri",
+            tracking_uri,
+            "--manifest-uri",
+            str(tmp_path / "missing.json"),
+            "train",
+            "--idempotency-key",
+            "k",
+        ]
+    )
+    assert code == cli.EXIT_BAD_INPUT
+    assert "ABALONE_ERROR bad input: cannot read" in capsys.readouterr().out
+
+
+def test_cli_rejects_bad_arguments(small_manifest_uri):
+    with pytest.raises(SystemExit):
+        cli.main(["--manifest-uri", small_manifest_uri, "train", "--idempotency-key", "k", "--epochs", "0"])

@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import threading
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from abalone_pipeline.objectstore import LocalStore, ObjectStoreError, open_store, read_source
+
+
+def test_local_put_if_absent_never_replaces(tmp_path):
+    store = LocalStore(tmp_path)
+    assert store.put_if_absent("a/b.txt", b"first")
+    assert not store.put_if_absent("a/b.txt", b"second")
+    assert store.get("a/b.txt") == b"first"
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.txt"], "no temporary file is left behind"
+
+
+def test_local_concurrent_writers_leave_exactly_one_winner(tmp_path):
+    store = LocalStore(tmp_path)
+    results: list[bool] = []
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(store.put_if_absent("k", f"writer {i}".encode())))
+        for i in range(8)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 1
+    assert store.get("k").startswith(b"writer ")
+
+
+def test_local_keys_cannot_escape_the_root(tmp_path):
+    with pytest.raises(ObjectStoreError, match="escapes"):
+        LocalStore(tmp_path / "root").put_if_absent("../outside", b"x")
+
+
+def test_missing_source_names_the_path(tmp_path):
+    with pytest.raises(ObjectStoreError, match="does not exist"):
+        read_source(str(tmp_path / "missing.csv"))
+    with pytest.raises(ObjectStoreError, match="unsupported source"):
+        read_source("ftp://host/file")
+
+
+@pytest.fixture(scope="module")
+def s3_client():
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    host, port = server.get_host_and_port()
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{host}:{port}",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="us-east-1",
+    )
+    client.create_bucket(Bucket="staging")
+    yield client
+    server.stop()
+
+
+def test_s3_store_round_trip_and_create_only_writes(s3_client):
+    store = open_store("s3://staging/some/prefix", lambda: s3_client)
+    assert store.uri("x.csv") == "s3://staging/some/prefix/x.csv"
+    assert not store.exists("x.csv")
+    assert store.put_if_absent("x.csv", b"one")
+    assert not store.put_if_absent("x.csv", b"two")
+    assert store.exists("x.csv") and store.get("x.csv") == b"one"
+    assert read_source("s3://staging/some/prefix/x.csv", lambda: s3_client) == b"one"
+    with pytest.raises(ObjectStoreError, match="cannot read s3://staging/some/prefix/nope"):
+        store.get("nope")

@@ -1,0 +1,148 @@
+"""Command line of the trainer image: ``abalone-trainer train|evaluate``.
+
+The last line a command prints to stdout is ``ABALONE_RESULT <json>``: the small result the DAG
+validates. A failure prints ``ABALONE_ERROR <message>`` and exits non-zero; exit code 3 means the
+input is bad and retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from abalone_trainer.defaults import HyperParams
+
+RESULT_MARKER = "ABALONE_RESULT"
+ERROR_MARKER = "ABALONE_ERROR"
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 3
+
+log = logging.getLogger("abalone_trainer")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _units(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(_positive_int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = HyperParams()
+    parser = argparse.ArgumentParser(prog="abalone-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI: http(s)://... or a SageMaker MLflow ARN (default: $MLFLOW_TRACKING_URI)",
+    )
+    parser.add_argument("--manifest-uri", required=True, help="staging manifest (file://, s3:// or a path)")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a candidate and log it to MLflow")
+    train.add_argument("--experiment", default=os.environ.get("ABALONE_EXPERIMENT", "abalone-retraining"))
+    train.add_argument("--idempotency-key", required=True, help="one key per DAG run: a re-run reuses its run")
+    train.add_argument("--epochs", type=_positive_int, default=defaults.epochs)
+    train.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
+    train.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
+    train.add_argument("--hidden-units", type=_units, default=defaults.hidden_units)
+    train.add_argument("--dropout", type=float, default=defaults.dropout)
+    train.add_argument("--patience", type=_positive_int, default=defaults.patience)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="extra MLflow run tag")
+
+    evaluate = commands.add_parser("evaluate", help="score the candidate and the champion on the test split")
+    evaluate.add_argument("--candidate-model-uri", required=True)
+    evaluate.add_argument("--model-name", required=True)
+    evaluate.add_argument("--alias", default="champion")
+    return parser
+
+
+def _tags(pairs: Sequence[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--tag expects KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    return tags
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from abalone_trainer.data import load_staged
+
+    if args.command == "train":
+        from abalone_trainer.train import train_and_log
+
+        hparams = HyperParams(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            hidden_units=args.hidden_units,
+            dropout=args.dropout,
+            patience=args.patience,
+            seed=args.seed,
+        )
+        return train_and_log(
+            load_staged(args.manifest_uri),
+            hparams,
+            experiment=args.experiment,
+            idempotency_key=args.idempotency_key,
+            tracking_uri=args.tracking_uri,
+            tags=_tags(args.tag),
+        )
+    from abalone_trainer.evaluate import evaluate
+
+    return evaluate(
+        load_staged(args.manifest_uri, splits=("test",)),
+        candidate_model_uri=args.candidate_model_uri,
+        model_name=args.model_name,
+        alias=args.alias,
+        tracking_uri=args.tracking_uri,
+    )
+
+
+def quiet_known_noise(tracking_uri: str | None) -> None:
+    """Silence warnings that say nothing to an operator reading the task log."""
+    warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer column")
+    if not (tracking_uri or "").startswith("arn:"):
+        # sagemaker-mlflow's header provider assumes an ARN and warns on every request to an http:// server.
+        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    quiet_known_noise(args.tracking_uri)
+    from abalone_trainer.data import DataError
+    from abalone_trainer.defaults import InvalidHyperParams
+
+    try:
+        result = run(args)
+    except (DataError, InvalidHyperParams) as exc:
+        log.error("bad input: %s", exc)
+        print(f"{ERROR_MARKER} bad input: {exc}", flush=True)
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        log.exception("%s failed", args.command)
+        print(f"{ERROR_MARKER} {args.command} failed: {type(exc).__name__}: {exc}", flush=True)
+        return EXIT_FAILED
+    print(f"{RESULT_MARKER} {json.dumps(result, sort_keys=True)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

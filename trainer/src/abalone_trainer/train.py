@@ -1,0 +1,175 @@
+"""Fit the model on the staged splits and log everything the registry and the audit need to MLflow."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from abalone_trainer import tracking
+from abalone_trainer.data import StagedData, to_features, to_labels
+from abalone_trainer.defaults import FEATURES, LABEL, HyperParams
+from abalone_trainer.model import as_dataset, build_model, predict, regression_metrics
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME_IN_RUN = "model"
+
+
+def seed_everything(seed: int) -> None:
+    """Make a CPU run repeatable: same data and seed, same weights."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def fit(data: StagedData, hparams: HyperParams, on_epoch_end=None):
+    """Train on ``train``, early-stop on ``validation``; return the model (best weights restored) and history."""
+    import keras
+
+    seed_everything(hparams.seed)
+    train_x, train_y = to_features(data.frames["train"]), to_labels(data.frames["train"])
+    val_x, val_y = to_features(data.frames["validation"]), to_labels(data.frames["validation"])
+    model = build_model(train_x, hparams, label_mean=float(train_y.mean()))
+    train_ds = as_dataset(train_x, train_y, batch_size=hparams.batch_size, shuffle_seed=hparams.seed)
+    callbacks = [keras.callbacks.EarlyStopping(patience=hparams.patience, restore_best_weights=True)]
+    if on_epoch_end is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
+    history = model.fit(
+        train_ds,
+        validation_data=as_dataset(val_x, val_y),
+        epochs=hparams.epochs,
+        shuffle=False,  # the dataset shuffles itself, with the run's seed
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return model, history.history
+
+
+def log_model(model, example):
+    """Log ``model`` as a pyfunc over raw rows, with its signature, an input example and its own code."""
+    import mlflow
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    from abalone_trainer.pyfunc import KERAS_ARTIFACT, model_code_path, package_dir
+
+    signature = infer_signature(example, predict(model, to_features(example)))
+    with tempfile.TemporaryDirectory() as tmp:
+        keras_path = Path(tmp) / "model.keras"
+        model.save(keras_path)
+        return mlflow.pyfunc.log_model(
+            name=MODEL_NAME_IN_RUN,
+            python_model=model_code_path(),
+            artifacts={KERAS_ARTIFACT: str(keras_path)},
+            code_paths=[package_dir()],
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow-skinny=={mlflow.__version__}", "pandas"],
+        )
+
+
+def _log_dataset_inputs(data: StagedData) -> None:
+    import mlflow
+
+    for split, context in (("train", "training"), ("validation", "validation"), ("test", "testing")):
+        dataset = mlflow.data.from_pandas(
+            data.frames[split],
+            source=data.split_uri(split),
+            targets=LABEL,
+            name=f"abalone-{data.dataset_id}-{split}",
+            # MLflow keeps at most 36 characters of digest; the full sha256 goes in the tags.
+            digest=data.split_sha256(split)[:32],
+        )
+        mlflow.log_input(dataset, context=context, tags={"sha256": data.split_sha256(split)})
+
+
+def train_and_log(
+    data: StagedData,
+    hparams: HyperParams,
+    *,
+    experiment: str,
+    idempotency_key: str,
+    tracking_uri: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Train one candidate inside an MLflow run and return the small result the DAG validates.
+
+    A finished run already made for ``idempotency_key`` is returned as it is, so a retried or re-run
+    task never produces a second candidate for the same DAG run.
+    """
+    import mlflow
+
+    client = tracking.configure(tracking_uri)
+    experiment_id = tracking.ensure_experiment(client, experiment)
+    previous = tracking.find_finished_run(client, experiment_id, idempotency_key)
+    if previous is not None:
+        log.info("run %s already trained %s; reusing it", previous.info.run_id, idempotency_key)
+        return _result_from_run(client, previous, reused=True)
+    tracking.close_abandoned_runs(client, experiment_id, idempotency_key)
+
+    run_tags = {
+        tracking.IDEMPOTENCY_TAG: idempotency_key,
+        "abalone.dataset_id": data.dataset_id,
+        "abalone.manifest_uri": data.manifest_uri,
+        **(tags or {}),
+    }
+    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
+        log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, experiment, experiment_id)
+        mlflow.log_params({**hparams.as_params(), "dataset_id": data.dataset_id})
+        _log_dataset_inputs(data)
+
+        started = time.monotonic()
+
+        def log_epoch(epoch: int, logs: dict[str, float]) -> None:
+            metrics = {name: float(value) for name, value in logs.items() if np.isfinite(value)}
+            mlflow.log_metrics(metrics, step=epoch)
+            if epoch % 10 == 0:
+                log.info("epoch %d: loss=%.4f val_rmse=%.4f", epoch, logs["loss"], logs.get("val_rmse", float("nan")))
+
+        model, history = fit(data, hparams, on_epoch_end=log_epoch)
+        epochs_run = len(history["loss"])
+        best_epoch = int(np.argmin(history["val_loss"]))
+
+        test = data.frames["test"]
+        scores = regression_metrics(to_labels(test), predict(model, to_features(test)))
+        test_metrics = {f"test_{name}": value for name, value in scores.items()}
+        mlflow.log_metrics(
+            {
+                **test_metrics,
+                "epochs_run": epochs_run,
+                "best_epoch": best_epoch,
+                "train_seconds": time.monotonic() - started,
+            }
+        )
+        log.info("trained %d epochs (best %d): %s", epochs_run, best_epoch, _format(test_metrics))
+
+        model_info = log_model(model, test[list(FEATURES)].head(5).reset_index(drop=True))
+        mlflow.set_tag("abalone.model_uri", model_info.model_uri)
+        finished = mlflow.get_run(run.info.run_id)
+    result = _result_from_run(client, finished, reused=False, model_uri=model_info.model_uri)
+    result["hyperparameters"] = asdict(hparams)
+    return result
+
+
+def _result_from_run(client, run, *, reused: bool, model_uri: str | None = None) -> dict[str, Any]:
+    metrics = run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "model_uri": model_uri or run.data.tags["abalone.model_uri"],
+        "dataset_id": run.data.tags["abalone.dataset_id"],
+        "metrics": {name: metrics[name] for name in ("test_rmse", "test_mae", "test_r2", "test_mse")},
+        "reused": reused,
+    }
+
+
+def _format(metrics: dict[str, float]) -> str:
+    return " ".join(f"{name}={value:.4f}" for name, value in sorted(metrics.items()))
