@@ -25,7 +25,7 @@ venv: $(VENV)/.installed
 image: venv
 	PYTHON=$(PY) scripts/build-trainer-image.sh
 
-run: venv
+run:  # the script checks for a Docker engine first, then makes the venv
 	scripts/run-local.sh
 
 test: venv image

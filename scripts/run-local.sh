@@ -25,7 +25,8 @@ MSG
     exit 1
 fi
 
-[[ -x "$bin/airflow" ]] || { say "creating the Python environment ($venv)"; make -C "$root" venv; }
+say "Python environment ($venv)"
+make -s -C "$root" venv VENV="$venv"
 
 say "trainer image"
 PYTHON="$bin/python" "$root/scripts/build-trainer-image.sh"
