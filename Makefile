@@ -14,10 +14,10 @@ help:
 	@echo "make image      build the trainer image (on the DLC, or the stand-in without a registry)"
 	@echo "make stop       stop the local MLflow server started by make run"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml trainer/pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt pyproject.toml trainer/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
-	$(PIP) install --quiet -r requirements-dev.txt -e . -e trainer
+	$(PIP) install --quiet -c constraints.txt -r requirements-dev.txt -e . -e trainer
 	touch $@
 
 venv: $(VENV)/.installed

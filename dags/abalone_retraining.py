@@ -33,7 +33,6 @@ settings = Settings.from_env()
 
 TRAINER_ENV = {
     "MLFLOW_TRACKING_URI": settings.tracking_uri,
-    "ABALONE_EXPERIMENT": settings.experiment,
     "TF_CPP_MIN_LOG_LEVEL": "2",
 }
 STORE_MOUNTS = [Mount(target=str(root), source=str(root), type="bind")] if (root := settings.local_store_root) else []

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the trainer image on top of the TensorFlow DLC, or on the local stand-in when the DLC cannot be pulled.
 #
-# The image is tagged with a hash of its inputs (trainer sources, Dockerfile, base image id), so an
+# The image is tagged with a hash of its inputs (trainer sources, constraints, base image id), so an
 # unchanged trainer is not rebuilt; ABALONE_TRAINER_IMAGE (default abalone-trainer:latest) points at it.
 #
 #   ABALONE_TRAINER_BASE_IMAGE  the DLC to build on (default: the CPU DLC named in trainer/Dockerfile)
@@ -29,7 +29,8 @@ fi
 
 base_id=$(docker image inspect --format '{{.Id}}' "$base")
 inputs_hash=$( (cd "$root/trainer" && find . -type f \( -name '*.py' -o -name '*.toml' -o -name Dockerfile \) \
-    -not -path './standin/*' -print0 | sort -z | xargs -0 sha256sum; echo "$base_id") | sha256sum | cut -c1-12)
+    -not -path './standin/*' -print0 | sort -z | xargs -0 sha256sum; sha256sum "$root/constraints.txt"; echo "$base_id") \
+    | sha256sum | cut -c1-12)
 hashed="abalone-trainer:src-$inputs_hash"
 if docker image inspect "$hashed" >/dev/null 2>&1; then
     log "$hashed is up to date"
@@ -46,7 +47,7 @@ else
     "$python" -m pip download --quiet --only-binary=:all: --python-version "$py_version" --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_28_x86_64 --platform any \
-        -d "$wheels" "$context"/wheels/abalone_trainer-*.whl
+        -c "$root/constraints.txt" -d "$wheels" "$context"/wheels/abalone_trainer-*.whl
     rm -f "$wheels"/abalone_trainer-*.whl  # the fresh one is already in the context
     cp "$wheels"/*.whl "$context/wheels/"
     cp "$root/trainer/Dockerfile" "$context/"

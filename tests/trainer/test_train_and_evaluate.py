@@ -116,3 +116,41 @@ def test_cli_bad_input_exits_3_with_a_named_error(tmp_path, tracking_uri, capsys
 def test_cli_rejects_bad_arguments(small_manifest_uri):
     with pytest.raises(SystemExit):
         cli.main(["--manifest-uri", small_manifest_uri, "train", "--idempotency-key", "k", "--epochs", "0"])
+
+
+def test_a_killed_training_is_marked_and_the_retry_trains_afresh(small_manifest_uri, tracking_uri, tmp_path):
+    """SIGKILL mid-training (as when a container is killed), then retry with the same key."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    client = MlflowClient(tracking_uri)
+    command = [sys.executable, "-m", "abalone_trainer.cli", "--tracking-uri", tracking_uri,
+               "--manifest-uri", small_manifest_uri, "train", "--experiment", "abalone-test",
+               "--idempotency-key", "dag/run-killed", "--epochs", "1000", "--patience", "1000"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            experiment = client.get_experiment_by_name("abalone-test")
+            running = experiment and client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+            if running and client.get_metric_history(running[0].info.run_id, "loss"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the training subprocess never started logging epochs")
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    killed_id = running[0].info.run_id
+
+    data = load_staged(small_manifest_uri)
+    result = train_and_log(
+        data, HPARAMS, experiment="abalone-test", idempotency_key="dag/run-killed", tracking_uri=tracking_uri
+    )
+    assert not result["reused"] and result["run_id"] != killed_id
+    assert client.get_run(killed_id).info.status == "KILLED"
+    assert client.get_run(result["run_id"]).info.status == "FINISHED"
+    assert client.search_registered_models() == []

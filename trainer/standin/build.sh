@@ -43,7 +43,7 @@ log "downloading tensorflow-cpu==$tensorflow_version wheels for Python 3.11 into
 python3 -m pip download --quiet --only-binary=:all: --python-version 3.11 --implementation cp \
     --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64 \
     --platform manylinux_2_28_x86_64 --platform any \
-    -d "$wheels" "tensorflow-cpu==$tensorflow_version"
+    -c "$root/constraints.txt" -d "$wheels" "tensorflow-cpu==$tensorflow_version"
 cp -r "$wheels" "$context/wheels"
 cp "$here/Dockerfile" "$context/Dockerfile"
 log "building $tag"
