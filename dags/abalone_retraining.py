@@ -65,7 +65,9 @@ container_defaults = {
     params={
         "epochs": Param(100, type="integer", minimum=1, maximum=1000, description="Maximum training epochs."),
         "batch_size": Param(32, type="integer", minimum=1, maximum=4096, description="Mini-batch size."),
-        "learning_rate": Param(1e-3, type="number", exclusiveMinimum=0, maximum=1, description="Adam learning rate."),
+        "learning_rate": Param(
+            1e-3, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Adam learning rate."
+        ),
         "source_uri": Param(
             settings.source_uri,
             type="string",

@@ -12,7 +12,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 image=${ABALONE_TRAINER_IMAGE:-abalone-trainer:latest}
 base=${ABALONE_TRAINER_BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' "$root/trainer/Dockerfile")}
 standin=${ABALONE_STANDIN_IMAGE:-abalone/tensorflow-training-standin:2.21.0-cpu-py311}
-cache=${ABALONE_CACHE_DIR:-$root/.cache}
 python=${PYTHON:-python3}
 
 log() { printf '[trainer-image] %s\n' "$*" >&2; }
@@ -22,6 +21,10 @@ docker info >/dev/null 2>&1 || { log "no Docker engine is reachable; see the REA
 if [[ "${ABALONE_USE_STANDIN:-0}" == 1 ]]; then
     base=$standin
 elif ! docker image inspect "$base" >/dev/null 2>&1 && ! docker pull "$base" >/dev/null 2>&1; then
+    if [[ -n "${ABALONE_TRAINER_BASE_IMAGE:-}" ]]; then
+        log "cannot pull ABALONE_TRAINER_BASE_IMAGE=$base; not substituting the CPU stand-in for an explicit base"
+        exit 1
+    fi
     log "cannot pull $base (no registry reachable?); building on the stand-in $standin"
     base=$standin
 fi
@@ -29,7 +32,7 @@ fi
 
 base_id=$(docker image inspect --format '{{.Id}}' "$base")
 inputs_hash=$( (cd "$root/trainer" && find . -type f \( -name '*.py' -o -name '*.toml' -o -name Dockerfile \) \
-    -not -path './standin/*' -print0 | sort -z | xargs -0 sha256sum; sha256sum "$root/constraints.txt"; echo "$base_id") \
+    -not -path './standin/*' -not -path './build/*' -not -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; sha256sum "$root/constraints.txt"; echo "$base_id") \
     | sha256sum | cut -c1-12)
 hashed="abalone-trainer:src-$inputs_hash"
 if docker image inspect "$hashed" >/dev/null 2>&1; then
@@ -37,19 +40,18 @@ if docker image inspect "$hashed" >/dev/null 2>&1; then
 else
     py_version=$(docker run --rm --network none --entrypoint python "$base" \
         -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
-    wheels="$cache/wheels/trainer-py$py_version"
     context=$(mktemp -d)
     trap 'rm -rf "$context"' EXIT
-    mkdir -p "$wheels" "$context/wheels"
-    log "building the abalone-trainer wheel; fetching its dependencies for Python $py_version into $wheels"
+    # A fresh folder per build holds exactly the pinned wheels (pip's own cache makes it cheap).
+    wheels="$context/wheels"
+    mkdir -p "$wheels"
+    log "building the abalone-trainer wheel; fetching its dependencies for Python $py_version"
     "$python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$context/wheels" "$root/trainer" 2>/dev/null \
         || "$python" -m pip wheel --quiet --no-deps -w "$context/wheels" "$root/trainer"
     "$python" -m pip download --quiet --only-binary=:all: --python-version "$py_version" --implementation cp \
         --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_27_x86_64 \
         --platform manylinux_2_28_x86_64 --platform any \
-        -c "$root/constraints.txt" -d "$wheels" "$context"/wheels/abalone_trainer-*.whl
-    rm -f "$wheels"/abalone_trainer-*.whl  # the fresh one is already in the context
-    cp "$wheels"/*.whl "$context/wheels/"
+        -c "$root/constraints.txt" -d "$wheels" "$wheels"/abalone_trainer-*.whl
     cp "$root/trainer/Dockerfile" "$context/"
     log "docker build $hashed FROM $base"
     docker build --quiet --network none --build-arg "BASE_IMAGE=$base" -t "$hashed" "$context" >/dev/null

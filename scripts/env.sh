@@ -1,7 +1,7 @@
-# Environment of the embedded default, sourced by scripts/run-local.sh and the Makefile.
+# Environment of the embedded default, sourced by scripts/run-local.sh.
 # Every ABALONE_* variable may be set beforehand to override it (see the README's configuration table).
-root=${ABALONE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-export ABALONE_LOCAL_DIR=${ABALONE_LOCAL_DIR:-$root/.local}
+_abalone_root=${ABALONE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+export ABALONE_LOCAL_DIR=${ABALONE_LOCAL_DIR:-$_abalone_root/.local}
 export ABALONE_MLFLOW_PORT=${ABALONE_MLFLOW_PORT:-5000}
 export ABALONE_MLFLOW_TRACKING_URI=${ABALONE_MLFLOW_TRACKING_URI:-http://127.0.0.1:$ABALONE_MLFLOW_PORT}
 export ABALONE_OBJECT_STORE_URI=${ABALONE_OBJECT_STORE_URI:-file://$ABALONE_LOCAL_DIR/object-store}
@@ -13,8 +13,8 @@ export ABALONE_RETRY_DELAY_SECONDS=${ABALONE_RETRY_DELAY_SECONDS:-5}
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false
 
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$ABALONE_LOCAL_DIR/airflow}
-export AIRFLOW__CORE__DAGS_FOLDER=$root/dags
-export AIRFLOW__CORE__PLUGINS_FOLDER=$root/plugins
+export AIRFLOW__CORE__DAGS_FOLDER=$_abalone_root/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER=$_abalone_root/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 export AIRFLOW__LOGGING__LOGGING_LEVEL=${AIRFLOW__LOGGING__LOGGING_LEVEL:-INFO}

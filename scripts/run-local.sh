@@ -31,7 +31,8 @@ make -s -C "$root" venv VENV="$venv"
 say "trainer image"
 PYTHON="$bin/python" "$root/scripts/build-trainer-image.sh"
 
-mkdir -p "$ABALONE_LOCAL_DIR/mlflow" "${ABALONE_OBJECT_STORE_URI#file://}"
+mkdir -p "$ABALONE_LOCAL_DIR/mlflow"
+[[ "$ABALONE_OBJECT_STORE_URI" != file://* ]] || mkdir -p "${ABALONE_OBJECT_STORE_URI#file://}"
 if ! curl -fsS "$ABALONE_MLFLOW_TRACKING_URI/health" >/dev/null 2>&1; then
     say "starting the MLflow server on $ABALONE_MLFLOW_TRACKING_URI (log: $ABALONE_LOCAL_DIR/mlflow/server.log)"
     setsid "$bin/mlflow" server \
@@ -51,7 +52,7 @@ fi
 say "Airflow metadata database ($AIRFLOW_HOME)"
 "$bin/airflow" db migrate >"$ABALONE_LOCAL_DIR/airflow-db.log" 2>&1 \
     || { echo "airflow db migrate failed; see $ABALONE_LOCAL_DIR/airflow-db.log" >&2; exit 1; }
-"$bin/airflow" pools set gpu 1 "Trainer containers on the GPU host" >/dev/null
+"$bin/airflow" pools set "${ABALONE_TRAIN_POOL:-gpu}" 1 "Trainer containers on the GPU host" >/dev/null
 
 say "running abalone_retraining (airflow dags test; full log: $ABALONE_LOCAL_DIR/last-run.log)"
 set +e

@@ -6,10 +6,12 @@ Reading this module touches nothing but ``os.environ``: it is safe at DAG parse 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import unquote, urlparse
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA = PROJECT_ROOT / "include" / "data" / "abalone.data"
@@ -72,9 +74,8 @@ class Settings:
     @property
     def local_store_root(self) -> Path | None:
         """The directory behind a ``file://`` object store, which the trainer container must mount."""
-        if self.object_store_uri.startswith("file://"):
-            return Path(self.object_store_uri.removeprefix("file://"))
-        return None
+        parsed = urlparse(self.object_store_uri)
+        return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -122,6 +123,10 @@ class Settings:
             raise ConfigError(f"ABALONE_TASK_RETRIES must be between 0 and 10, got {self.task_retries}")
         if self.retry_delay_seconds < 0:
             raise ConfigError(f"ABALONE_RETRY_DELAY_SECONDS must be >= 0, got {self.retry_delay_seconds}")
+        if self.champion_alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", self.champion_alias):
+            raise ConfigError(
+                f"ABALONE_CHAMPION_ALIAS={self.champion_alias!r} is reserved by MLflow; use e.g. champion"
+            )
         if self.max_test_rmse <= 0:
             raise ConfigError(f"ABALONE_GATE_MAX_TEST_RMSE must be positive, got {self.max_test_rmse}")
         if self.rmse_tolerance < 0:

@@ -1,6 +1,6 @@
 """A minimal object store over a local directory or S3, with create-only writes.
 
-Writes never leave a half-written object: a local write goes to a temporary file that is renamed into
+Writes never leave a half-written object: a local write goes to a temporary file that is hard-linked into
 place, and an S3 PUT is atomic. ``put_if_absent`` never replaces an existing object, so a retry racing
 an earlier attempt cannot overwrite what that attempt staged.
 """
@@ -15,7 +15,21 @@ from urllib.parse import unquote, urlparse
 
 
 class ObjectStoreError(Exception):
-    """An object could not be read or written; the message names it."""
+    """An object could not be read or written; the message names it. Possibly transient."""
+
+
+class MissingObject(ObjectStoreError):
+    """The object does not exist or access to it is denied: retrying will not help."""
+
+
+# S3 error codes that no retry can fix.
+PERMANENT_S3_ERRORS = frozenset({"NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"})
+
+
+def _s3_error(exc: Exception, action: str, uri: str) -> ObjectStoreError:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+    kind = MissingObject if code in PERMANENT_S3_ERRORS else ObjectStoreError
+    return kind(f"cannot {action} {uri}: {exc}")
 
 
 class ObjectStore(ABC):
@@ -51,6 +65,8 @@ class LocalStore(ObjectStore):
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
+        except FileNotFoundError as exc:
+            raise MissingObject(f"cannot read {self.uri(key)}: {exc.strerror}") from exc
         except OSError as exc:
             raise ObjectStoreError(f"cannot read {self.uri(key)}: {exc.strerror}") from exc
 
@@ -61,6 +77,7 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        os.fchmod(fd, 0o644)  # readable by a trainer container running as another user
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
@@ -89,7 +106,7 @@ class S3Store(ObjectStore):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except Exception as exc:
-            raise ObjectStoreError(f"cannot read {self.uri(key)}: {exc}") from exc
+            raise _s3_error(exc, "read", self.uri(key)) from exc
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -99,7 +116,7 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise ObjectStoreError(f"cannot check {self.uri(key)}: {exc}") from exc
+            raise _s3_error(exc, "check", self.uri(key)) from exc
         return True
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -110,7 +127,7 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
                 return False
-            raise ObjectStoreError(f"cannot write {self.uri(key)}: {exc}") from exc
+            raise _s3_error(exc, "write", self.uri(key)) from exc
         return True
 
 
@@ -134,9 +151,9 @@ def read_source(uri: str, s3_client_factory=None) -> bytes:
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
         if not path.is_file():
-            raise ObjectStoreError(f"source {uri} does not exist or is not a file")
+            raise MissingObject(f"source {uri} does not exist or is not a file")
         return path.read_bytes()
     if parsed.scheme == "s3":
         store = open_store(f"s3://{parsed.netloc}", s3_client_factory)
         return store.get(parsed.path.lstrip("/"))
-    raise ObjectStoreError(f"unsupported source {uri!r}: use a path, file:// or s3://")
+    raise MissingObject(f"unsupported source {uri!r}: use a path, file:// or s3://")

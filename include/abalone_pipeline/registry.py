@@ -91,7 +91,8 @@ def apply_decision(
     ensure_registered_model(client, model_name, "Abalone age (Rings) regressor, promoted by the nightly gate.")
     version = registered_version(client, model_name, run_id)
     current = current_version(client, model_name, alias)
-    if current not in (decision.champion_version, version and str(version.version)):
+    allowed = {decision.champion_version} | ({str(version.version)} if version is not None else set())
+    if current not in allowed:
         raise PromotionConflict(
             f"{model_name}@{alias} moved to v{current} after this candidate was compared with "
             f"v{decision.champion_version}; nothing was changed. Re-run the DAG to compare against v{current}."
@@ -103,7 +104,12 @@ def apply_decision(
             model_name,
             source=model_uri,
             run_id=run_id,
-            tags={**audit_tags, TAG_DECISION: "promoted", TAG_REASONS: reasons},
+            tags={
+                **audit_tags,
+                TAG_DECISION: "promoted",
+                TAG_REASONS: reasons,
+                TAG_PREVIOUS_CHAMPION: current or "none",
+            },
             model_id=model_id,
         )
         log.info("registered %s as %s v%s", model_uri, model_name, version.version)
@@ -112,7 +118,6 @@ def apply_decision(
     number = str(version.version)
     if current != number:
         client.set_registered_model_alias(model_name, alias, number)
-        client.set_model_version_tag(model_name, number, TAG_PREVIOUS_CHAMPION, current or "none")
         log.info("moved %s@%s from %s to v%s", model_name, alias, f"v{current}" if current else "(unset)", number)
     client.set_tag(run_id, TAG_VERSION, number)
     client.set_tag(run_id, TAG_REASONS, reasons)

@@ -24,14 +24,14 @@ def stage_dataset(settings: Settings, source_uri: str) -> dict[str, Any]:
     """Read ``source_uri``, validate and split it, and stage it in the configured object store."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from abalone_pipeline.objectstore import ObjectStoreError, open_store, read_source
+    from abalone_pipeline.objectstore import MissingObject, open_store, read_source
     from abalone_pipeline.staging import StagingError, stage
 
     factory = _s3_client_factory(settings)
     try:
         payload = read_source(source_uri, factory)
-    except ObjectStoreError as exc:
-        # A missing or unreadable source will not fix itself on retry.
+    except MissingObject as exc:
+        # A missing or forbidden source will not fix itself on retry; other store errors are retried.
         raise AirflowFailException(f"cannot stage: {exc}") from exc
     log.info("read %d bytes from %s", len(payload), source_uri)
     try:
@@ -57,10 +57,16 @@ def promote_candidate(
     settings: Settings, candidate: dict[str, Any], decision: dict[str, Any], staged: dict[str, Any], dag_run
 ) -> dict[str, Any]:
     """Record the decision in MLflow and, if it passed, make the candidate the champion."""
+    from airflow.sdk.exceptions import AirflowFailException
     from mlflow.tracking import MlflowClient
 
-    from abalone_pipeline.registry import apply_decision
+    from abalone_pipeline.registry import PromotionConflict, apply_decision
 
+    if candidate["dataset_id"] != staged["dataset_id"]:
+        raise AirflowFailException(
+            f"candidate run {candidate['run_id']} was trained on dataset {candidate['dataset_id']}, "
+            f"but this run staged {staged['dataset_id']}; not promoting it"
+        )
     gate_decision = Decision.from_dict(decision)
     audit_tags = {
         "airflow.dag_id": dag_run.dag_id,
@@ -71,14 +77,18 @@ def promote_candidate(
         "mlflow.run_id": candidate["run_id"],
     }
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
-    outcome = apply_decision(
-        client,
-        model_name=settings.model_name,
-        alias=settings.champion_alias,
-        candidate=candidate,
-        decision=gate_decision,
-        audit_tags=audit_tags,
-    )
+    try:
+        outcome = apply_decision(
+            client,
+            model_name=settings.model_name,
+            alias=settings.champion_alias,
+            candidate=candidate,
+            decision=gate_decision,
+            audit_tags=audit_tags,
+        )
+    except PromotionConflict as exc:
+        # Retrying cannot help: the comparison itself is stale.
+        raise AirflowFailException(str(exc)) from exc
     champion = outcome["champion_version"]
     log.info(
         "%s; %s@%s is v%s",

@@ -64,6 +64,8 @@ def test_retraining_dag_shape(dagbag):
         ("epochs", 5, 0),
         ("batch_size", 64, -1),
         ("learning_rate", 0.01, 0),
+        ("learning_rate", 0.5, 1),
+        ("rmse_tolerance", 0.05, -0.01),
         ("source_uri", "s3://bucket/abalone.csv", "ftp://host/abalone.csv"),
         ("gpu", True, "yes"),
         ("max_test_rmse", 2.2, 0),

@@ -79,7 +79,7 @@ def test_the_mlflow_run_records_everything(first_run, client, s3):
     assert run.data.params["epochs"] == "40" and run.data.params["batch_size"] == "32"
     assert {"test_rmse", "test_mae", "test_r2", "test_mse"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == run.data.metrics["epochs_run"] > 1
-    contexts = {d.tags[0].value for d in run.inputs.dataset_inputs if d.tags}
+    contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
     assert {"training", "validation", "testing"} <= contexts
     assert all(STAGING_BUCKET in d.dataset.source for d in run.inputs.dataset_inputs)
     assert run.data.tags["airflow.run_id"] == f"manual__{RUN_1}"

@@ -50,6 +50,19 @@ def test_the_run_holds_params_metrics_lineage_and_model(trained, tracking_uri):
     assert model.metadata.get_input_schema().input_names() == list(FEATURES)
 
 
+def test_the_same_key_on_new_data_trains_a_new_candidate(trained, tracking_uri, tmp_path, small_abalone):
+    from abalone_pipeline.objectstore import LocalStore
+    from abalone_pipeline.staging import stage
+
+    _, first = trained
+    fewer = b"\n".join(small_abalone.read_bytes().splitlines()[:-10]) + b"\n"
+    other = load_staged(stage(fewer, "changed.data", LocalStore(tmp_path / "other")).manifest_uri)
+    again = train_and_log(
+        other, HPARAMS, experiment="abalone-test", idempotency_key="dag/run-1", tracking_uri=tracking_uri
+    )
+    assert not again["reused"] and again["run_id"] != first["run_id"] and again["dataset_id"] == other.dataset_id
+
+
 def test_a_rerun_of_the_same_key_reuses_the_finished_run(trained, small_manifest_uri, tracking_uri):
     data, first = trained
     again = train_and_log(
@@ -114,8 +127,9 @@ def test_cli_bad_input_exits_3_with_a_named_error(tmp_path, tracking_uri, capsys
 
 
 def test_cli_rejects_bad_arguments(small_manifest_uri):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as caught:
         cli.main(["--manifest-uri", small_manifest_uri, "train", "--idempotency-key", "k", "--epochs", "0"])
+    assert caught.value.code == 2  # argparse's usage error, before anything runs
 
 
 def test_a_killed_training_is_marked_and_the_retry_trains_afresh(small_manifest_uri, tracking_uri, tmp_path):
@@ -153,4 +167,3 @@ def test_a_killed_training_is_marked_and_the_retry_trains_afresh(small_manifest_
     assert not result["reused"] and result["run_id"] != killed_id
     assert client.get_run(killed_id).info.status == "KILLED"
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
-    assert client.search_registered_models() == []

@@ -29,6 +29,11 @@ def test_production_settings_come_from_the_environment():
     assert settings.gpu is True and settings.max_test_rmse == pytest.approx(2.3) and settings.task_retries == 3
 
 
+def test_a_local_store_path_with_spaces_is_decoded(tmp_path):
+    root = tmp_path / "my store"
+    assert Settings.from_env({"ABALONE_OBJECT_STORE_URI": root.as_uri()}).local_store_root == root
+
+
 def test_mlflow_tracking_uri_is_a_fallback():
     assert (
         Settings.from_env({"MLFLOW_TRACKING_URI": "https://mlflow.internal"}).tracking_uri == "https://mlflow.internal"
@@ -44,6 +49,7 @@ def test_mlflow_tracking_uri_is_a_fallback():
         ("ABALONE_MLFLOW_TRACKING_URI", "sqlite:///x.db", "http\\(s\\)"),
         ("ABALONE_OBJECT_STORE_URI", "gs://bucket", "s3://bucket/prefix"),
         ("ABALONE_TASK_RETRIES", "many", "not a whole number"),
+        ("ABALONE_CHAMPION_ALIAS", "v3", "reserved by MLflow"),
     ],
 )
 def test_malformed_settings_name_the_variable(name, value, message):

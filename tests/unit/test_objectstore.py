@@ -6,7 +6,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from abalone_pipeline.objectstore import LocalStore, ObjectStoreError, open_store, read_source
+from abalone_pipeline.objectstore import LocalStore, MissingObject, ObjectStoreError, open_store, read_source
 
 
 def test_local_put_if_absent_never_replaces(tmp_path):
@@ -38,7 +38,7 @@ def test_local_keys_cannot_escape_the_root(tmp_path):
 
 
 def test_missing_source_names_the_path(tmp_path):
-    with pytest.raises(ObjectStoreError, match="does not exist"):
+    with pytest.raises(MissingObject, match="does not exist"):
         read_source(str(tmp_path / "missing.csv"))
     with pytest.raises(ObjectStoreError, match="unsupported source"):
         read_source("ftp://host/file")
@@ -69,5 +69,17 @@ def test_s3_store_round_trip_and_create_only_writes(s3_client):
     assert not store.put_if_absent("x.csv", b"two")
     assert store.exists("x.csv") and store.get("x.csv") == b"one"
     assert read_source("s3://staging/some/prefix/x.csv", lambda: s3_client) == b"one"
-    with pytest.raises(ObjectStoreError, match="cannot read s3://staging/some/prefix/nope"):
+    with pytest.raises(MissingObject, match="cannot read s3://staging/some/prefix/nope"):
         store.get("nope")
+
+
+def test_transient_s3_errors_are_not_reported_as_missing():
+    from botocore.exceptions import ClientError
+
+    class Throttled:
+        def get_object(self, **_):
+            raise ClientError({"Error": {"Code": "SlowDown", "Message": "reduce your request rate"}}, "GetObject")
+
+    with pytest.raises(ObjectStoreError, match="SlowDown") as caught:
+        open_store("s3://staging", lambda: Throttled()).get("x")
+    assert not isinstance(caught.value, MissingObject)

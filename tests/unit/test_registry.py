@@ -83,6 +83,14 @@ def test_rerunning_an_old_decided_run_does_not_move_the_alias_back(client):
     assert current_version(client, NAME, ALIAS) == "2" and versions(client) == ["1", "2"]
 
 
+def test_an_alias_deleted_since_evaluation_is_a_conflict(client):
+    promote(client, candidate(client), 2.2)
+    client.delete_registered_model_alias(NAME, ALIAS)
+    with pytest.raises(PromotionConflict, match="moved to vNone"):
+        promote(client, candidate(client), 2.1, champion={"version": "1", "metrics": metrics(2.2)})
+    assert versions(client) == ["1"] and current_version(client, NAME, ALIAS) is None
+
+
 def test_a_rejection_leaves_registry_and_alias_untouched(client):
     first = candidate(client)
     promote(client, first, 2.2)

@@ -36,7 +36,7 @@ if ! docker image inspect "$rootfs_tag" >/dev/null 2>&1; then
 fi
 
 context=$(mktemp -d)
-trap 'rm -rf "$context"' EXIT
+trap 'rm -rf "$context" ${rootfs:+"$rootfs"}' EXIT
 wheels="$cache/wheels/standin-py311"
 mkdir -p "$wheels"
 log "downloading tensorflow-cpu==$tensorflow_version wheels for Python 3.11 into $wheels"

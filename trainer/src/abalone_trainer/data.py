@@ -30,12 +30,15 @@ def read_uri(uri: str) -> bytes:
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         import boto3  # the DLC has it; only S3 sources need it
+        from botocore.exceptions import ClientError
 
         try:
             body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
             return body.read()
-        except Exception as exc:
-            raise DataError(f"cannot read {uri}: {exc}") from exc
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"):
+                raise DataError(f"cannot read {uri}: {exc}") from exc
+            raise  # throttling, timeouts, expired credentials: the task's retry may succeed
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
         try:

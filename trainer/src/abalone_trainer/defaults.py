@@ -15,7 +15,6 @@ FEATURES: tuple[str, ...] = (
     "Shell_weight",
 )
 NUMERIC_FEATURES: tuple[str, ...] = FEATURES[1:]
-CATEGORICAL_FEATURE = "Sex"
 SEX_VOCABULARY: tuple[str, ...] = ("M", "F", "I")
 LABEL = "Rings"
 

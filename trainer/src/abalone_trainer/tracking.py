@@ -39,11 +39,14 @@ def ensure_experiment(client: MlflowClient, name: str) -> str:
         return experiment.experiment_id
 
 
-def find_finished_run(client: MlflowClient, experiment_id: str, key: str) -> Run | None:
-    """A finished run already made for ``key`` (a DAG run's training task), if any."""
+def find_finished_run(client: MlflowClient, experiment_id: str, key: str, dataset_id: str) -> Run | None:
+    """A finished run already made for ``key`` (a DAG run's training task) on the same dataset, if any."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.`{IDEMPOTENCY_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        filter_string=(
+            f"tags.`{IDEMPOTENCY_TAG}` = '{key}' and tags.`abalone.dataset_id` = '{dataset_id}' "
+            "and attributes.status = 'FINISHED'"
+        ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )

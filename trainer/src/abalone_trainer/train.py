@@ -109,7 +109,7 @@ def train_and_log(
 
     client = tracking.configure(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, experiment)
-    previous = tracking.find_finished_run(client, experiment_id, idempotency_key)
+    previous = tracking.find_finished_run(client, experiment_id, idempotency_key, data.dataset_id)
     if previous is not None:
         log.info("run %s already trained %s; reusing it", previous.info.run_id, idempotency_key)
         return _result_from_run(client, previous, reused=True)
