@@ -112,7 +112,7 @@ def train_and_log(
     previous = tracking.find_finished_run(client, experiment_id, idempotency_key, data.dataset_id)
     if previous is not None:
         log.info("run %s already trained %s; reusing it", previous.info.run_id, idempotency_key)
-        return _result_from_run(client, previous, reused=True)
+        return _result_from_run(previous, reused=True)
     tracking.close_abandoned_runs(client, experiment_id, idempotency_key)
 
     run_tags = {
@@ -154,12 +154,12 @@ def train_and_log(
         model_info = log_model(model, test[list(FEATURES)].head(5).reset_index(drop=True))
         mlflow.set_tag("abalone.model_uri", model_info.model_uri)
         finished = mlflow.get_run(run.info.run_id)
-    result = _result_from_run(client, finished, reused=False, model_uri=model_info.model_uri)
+    result = _result_from_run(finished, reused=False, model_uri=model_info.model_uri)
     result["hyperparameters"] = asdict(hparams)
     return result
 
 
-def _result_from_run(client, run, *, reused: bool, model_uri: str | None = None) -> dict[str, Any]:
+def _result_from_run(run, *, reused: bool, model_uri: str | None = None) -> dict[str, Any]:
     metrics = run.data.metrics
     return {
         "run_id": run.info.run_id,
