@@ -9,13 +9,17 @@ alias in the MLflow model registry only when the gate passes.
   a content-addressed prefix (never rewritten).
 * **train**: `abalone-trainer train` in the trainer image (GPU queue and pool); logs params, per-epoch
   and test metrics, dataset lineage and the model to MLflow.
-* **evaluate**: `abalone-trainer evaluate`: candidate and `champion` on the same test rows.
-* **gate**: a pure policy: an RMSE ceiling, and not worse than the champion beyond a tolerance.
-* **promote**: register the candidate and move `champion` if the gate passed; record why either way.
+* **evaluate**: `abalone-trainer evaluate`: candidate, `champion`, a mean and a least-squares baseline
+  on the same test rows, overall and per slice, with a paired bootstrap of the RMSE difference.
+* **gate**: a pure, declarative policy over those numbers (ceiling, baselines, improvement over the
+  champion with a paired-bootstrap interval, per-slice tolerance, recent runs); every rule is reported.
+* **promote** (one-slot registry pool): log the gate report on the candidate's run; if it passed,
+  register it (once per DAG run) and move `champion`, keeping the old one as `previous_champion`.
 
 A rejected candidate is an expected outcome: the run succeeds and the decision is on the MLflow run.
 Settings come from `ABALONE_*` environment variables (see the README); the form below overrides
-hyperparameters, the source and the gate for one run.
+hyperparameters, the source and the gate for one run, and offers a dry run and a forced promotion
+(with a recorded reason). `abalone_rollback` moves the champion back.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from airflow.sdk import Param, dag, task
 from docker.types import Mount
 
 from abalone_pipeline.config import Settings
+from abalone_pipeline.gate import POLICY_SCHEMA
 from abalone_pipeline.operators import TrainerContainerOperator
 from abalone_pipeline.results import parse_evaluation, parse_train
 
@@ -63,35 +68,67 @@ container_defaults = {
         "retry_exponential_backoff": True,
     },
     params={
-        "epochs": Param(100, type="integer", minimum=1, maximum=1000, description="Maximum training epochs."),
-        "batch_size": Param(32, type="integer", minimum=1, maximum=4096, description="Mini-batch size."),
+        "epochs": Param(
+            100, type="integer", minimum=1, maximum=1000, title="Epochs", description="Maximum training epochs."
+        ),
+        "batch_size": Param(
+            32, type="integer", minimum=1, maximum=4096, title="Batch size", description="Mini-batch size."
+        ),
         "learning_rate": Param(
-            1e-3, type="number", exclusiveMinimum=0, exclusiveMaximum=1, description="Adam learning rate."
+            1e-3,
+            type="number",
+            exclusiveMinimum=0,
+            exclusiveMaximum=1,
+            title="Learning rate",
+            description="Adam learning rate.",
         ),
         "source_uri": Param(
             settings.source_uri,
             type="string",
             pattern=r"^(s3://|file://|/)\S+$",
+            title="Source data",
             description="The abalone CSV to stage: s3://, file:// or an absolute path on the worker.",
         ),
-        "gpu": Param(settings.gpu, type="boolean", description="Give the training container the host's GPUs."),
-        "max_test_rmse": Param(
-            settings.max_test_rmse, type="number", exclusiveMinimum=0, description="Gate: RMSE ceiling (rings)."
+        "gpu": Param(
+            settings.gpu, type="boolean", title="GPU", description="Give the training container the host's GPUs."
         ),
-        "rmse_tolerance": Param(
-            settings.rmse_tolerance,
-            type="number",
-            minimum=0,
-            description="Gate: how much worse than the champion the candidate may score.",
+        "gate": Param(
+            settings.gate_policy.to_dict(),
+            **POLICY_SCHEMA,
+            title="Gate policy",
+            description=(
+                "The promotion rules for this run (README, 'The gate'). Keys left out keep the configured "
+                'defaults: for example {"max_rmse": 2.3} only lowers the ceiling.'
+            ),
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Evaluate and gate, record the report on the MLflow run, never touch the registry.",
+        ),
+        "force_promote": Param(
+            False,
+            type="boolean",
+            title="Force promotion",
+            description="Promote whatever the gate says (not a model with non-finite metrics). Needs a reason.",
+        ),
+        "force_reason": Param(
+            "",
+            type="string",
+            maxLength=1000,
+            title="Reason for forcing",
+            description="Required with force_promote; recorded on the promoted version with who triggered the run.",
         ),
     },
 )
 def abalone_retraining():
     @task(multiple_outputs=False)
     def stage(params: dict | None = None) -> dict:
-        """Validate the source and stage train/validation/test splits with a manifest."""
-        from abalone_pipeline.tasks import stage_dataset
+        """Check the run's options, validate the source and stage train/validation/test splits with a manifest."""
+        from abalone_pipeline.tasks import check_run_options, stage_dataset
 
+        check_run_options(settings, params)
         return stage_dataset(settings, params["source_uri"])
 
     train = TrainerContainerOperator(
@@ -131,32 +168,49 @@ def abalone_retraining():
             "evaluate",
             "--candidate-model-uri",
             "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
+            "--candidate-run-id",
+            "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
             "--model-name",
             settings.model_name,
             "--alias",
             settings.champion_alias,
+            "--slices",
+            settings.eval_slices,
+            "--bootstrap-resamples",
+            str(settings.bootstrap_resamples),
         ],
         result_parser=parse_evaluation,
         **container_defaults,
     )
 
     @task(multiple_outputs=False)
-    def gate(evaluation: dict, params: dict | None = None) -> dict:
-        """Turn the scores into a decision with reasons; a rejection is not a failure."""
+    def gate(evaluation: dict, params: dict | None = None, dag_run=None) -> dict:
+        """Turn the scores into a decision that names every rule; a rejection is not a failure."""
         from abalone_pipeline.tasks import judge
 
-        return judge(evaluation, params["max_test_rmse"], params["rmse_tolerance"])
+        return judge(settings, evaluation, params, dag_run)
 
-    @task(multiple_outputs=False)
-    def promote(candidate: dict, decision: dict, staged: dict, dag_run=None) -> dict:
-        """Register the candidate and move the champion alias if the gate passed; record why either way."""
+    @task(multiple_outputs=False, pool=settings.registry_pool)
+    def promote(
+        candidate: dict, decision: dict, evaluation: dict, staged: dict, params=None, dag_run=None, ti=None
+    ) -> dict:
+        """Log the gate report; register the candidate and move the champion alias if the gate passed."""
         from abalone_pipeline.tasks import promote_candidate
 
-        return promote_candidate(settings, candidate, decision, staged, dag_run)
+        return promote_candidate(
+            settings,
+            candidate=candidate,
+            decision=decision,
+            evaluation=evaluation,
+            staged=staged,
+            params=params,
+            dag_run=dag_run,
+            try_number=ti.try_number,
+        )
 
     staged = stage()
     staged >> train >> evaluate
-    promote(train.output, gate(evaluate.output), staged)
+    promote(train.output, gate(evaluate.output), evaluate.output, staged)
 
 
 abalone_retraining()

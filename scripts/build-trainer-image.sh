@@ -54,7 +54,10 @@ else
         -c "$root/constraints.txt" -d "$wheels" "$wheels"/abalone_trainer-*.whl
     cp "$root/trainer/Dockerfile" "$context/"
     log "docker build $hashed FROM $base"
-    docker build --quiet --network none --build-arg "BASE_IMAGE=$base" -t "$hashed" "$context" >/dev/null
+    revision=$(git -C "$root" rev-parse HEAD 2>/dev/null || echo unknown)
+    [[ -z "$(git -C "$root" status --porcelain -- trainer 2>/dev/null)" ]] || revision="$revision-dirty"
+    docker build --quiet --network none --build-arg "BASE_IMAGE=$base" --build-arg "CODE_REVISION=$revision" \
+        --build-arg "SOURCE_HASH=$inputs_hash" -t "$hashed" "$context" >/dev/null
 fi
 docker tag "$hashed" "$image"
 log "$image -> $hashed (base $base)"

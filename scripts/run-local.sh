@@ -53,6 +53,7 @@ say "Airflow metadata database ($AIRFLOW_HOME)"
 "$bin/airflow" db migrate >"$ABALONE_LOCAL_DIR/airflow-db.log" 2>&1 \
     || { echo "airflow db migrate failed; see $ABALONE_LOCAL_DIR/airflow-db.log" >&2; exit 1; }
 "$bin/airflow" pools set "${ABALONE_TRAIN_POOL:-gpu}" 1 "Trainer containers on the GPU host" >/dev/null
+"$bin/airflow" pools set "${ABALONE_REGISTRY_POOL:-mlflow_registry}" 1 "Promotions and rollbacks, one at a time" >/dev/null
 
 say "running abalone_retraining (airflow dags test; full log: $ABALONE_LOCAL_DIR/last-run.log)"
 set +e

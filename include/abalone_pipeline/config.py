@@ -5,13 +5,16 @@ Reading this module touches nothing but ``os.environ``: it is safe at DAG parse 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
+
+from abalone_pipeline.gate import GatePolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED_DATA = PROJECT_ROOT / "include" / "data" / "abalone.data"
@@ -46,6 +49,20 @@ def _number(env: Mapping[str, str], name: str, default: T, parse: Callable[[str]
         raise ConfigError(f"{name}={raw!r} is not {what}") from None
 
 
+def _policy(env: Mapping[str, str], name: str, default: GatePolicy) -> GatePolicy:
+    """A JSON object of gate policy keys; those it leaves out keep their defaults."""
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        overrides = json.loads(raw)
+        if not isinstance(overrides, dict):
+            raise ValueError("expected a JSON object")
+        return GatePolicy.from_dict(overrides, default)
+    except (ValueError, TypeError) as exc:  # PolicyError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"{name} is not a valid gate policy: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that differs between the embedded default and production."""
@@ -55,6 +72,8 @@ class Settings:
     experiment: str = "abalone-retraining"
     model_name: str = "abalone-rings"
     champion_alias: str = "champion"
+    # Where the outgoing champion goes when a new one is promoted: what abalone_rollback restores.
+    previous_alias: str = "previous_champion"
     # Where staged data lives: s3://bucket/prefix in production, a local directory by default.
     object_store_uri: str = (PROJECT_ROOT / ".local" / "object-store").as_uri()
     source_uri: str = BUNDLED_DATA.as_uri()
@@ -65,11 +84,15 @@ class Settings:
     network_mode: str = "host"
     train_queue: str = "gpu"
     train_pool: str = "gpu"
+    # One slot: promotions (and rollbacks) never run concurrently.
+    registry_pool: str = "mlflow_registry"
     task_retries: int = 2
     retry_delay_seconds: int = 120
-    # Gate: RMSE in rings. The mean predictor scores about 3.2; a sound model about 2.1.
-    max_test_rmse: float = 2.5
-    rmse_tolerance: float = 0.02
+    # The gate's default policy (see gate.GatePolicy); each run may override any of its keys.
+    gate_policy: GatePolicy = field(default_factory=GatePolicy)
+    # How the evaluation slices the test rows and how many paired-bootstrap resamples it draws.
+    eval_slices: str = "sex;rings:7,11"
+    bootstrap_resamples: int = 2000
 
     @property
     def local_store_root(self) -> Path | None:
@@ -103,8 +126,13 @@ class Settings:
             retry_delay_seconds=_number(
                 env, "ABALONE_RETRY_DELAY_SECONDS", default.retry_delay_seconds, int, "a whole number"
             ),
-            max_test_rmse=_number(env, "ABALONE_GATE_MAX_TEST_RMSE", default.max_test_rmse, float, "a number"),
-            rmse_tolerance=_number(env, "ABALONE_GATE_RMSE_TOLERANCE", default.rmse_tolerance, float, "a number"),
+            previous_alias=text("ABALONE_PREVIOUS_ALIAS", default.previous_alias),
+            registry_pool=text("ABALONE_REGISTRY_POOL", default.registry_pool),
+            gate_policy=_policy(env, "ABALONE_GATE_POLICY", default.gate_policy),
+            eval_slices=text("ABALONE_EVAL_SLICES", default.eval_slices),
+            bootstrap_resamples=_number(
+                env, "ABALONE_BOOTSTRAP_RESAMPLES", default.bootstrap_resamples, int, "a whole number"
+            ),
         )
         settings.validate()
         return settings
@@ -123,11 +151,15 @@ class Settings:
             raise ConfigError(f"ABALONE_TASK_RETRIES must be between 0 and 10, got {self.task_retries}")
         if self.retry_delay_seconds < 0:
             raise ConfigError(f"ABALONE_RETRY_DELAY_SECONDS must be >= 0, got {self.retry_delay_seconds}")
-        if self.champion_alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", self.champion_alias):
+        for name, alias in (
+            ("ABALONE_CHAMPION_ALIAS", self.champion_alias),
+            ("ABALONE_PREVIOUS_ALIAS", self.previous_alias),
+        ):
+            if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias) or not re.fullmatch(r"[\w-]+", alias):
+                raise ConfigError(f"{name}={alias!r} is reserved by MLflow or not a valid alias; use e.g. champion")
+        if self.champion_alias == self.previous_alias:
+            raise ConfigError("ABALONE_CHAMPION_ALIAS and ABALONE_PREVIOUS_ALIAS must differ")
+        if not 100 <= self.bootstrap_resamples <= 100_000:
             raise ConfigError(
-                f"ABALONE_CHAMPION_ALIAS={self.champion_alias!r} is reserved by MLflow; use e.g. champion"
+                f"ABALONE_BOOTSTRAP_RESAMPLES must be between 100 and 100000, got {self.bootstrap_resamples}"
             )
-        if self.max_test_rmse <= 0:
-            raise ConfigError(f"ABALONE_GATE_MAX_TEST_RMSE must be positive, got {self.max_test_rmse}")
-        if self.rmse_tolerance < 0:
-            raise ConfigError(f"ABALONE_GATE_RMSE_TOLERANCE must be >= 0, got {self.rmse_tolerance}")

@@ -20,6 +20,8 @@ PASSTHROUGH_ENV = (
     "MLFLOW_HTTP_REQUEST_TIMEOUT",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
     "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT",
+    "SAGEMAKER_MLFLOW_ASSUME_ROLE_ARN",
+    "SAGEMAKER_PRESIGNED_URL_UPLOAD_ENABLED",
     "AWS_DEFAULT_REGION",
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
@@ -97,6 +99,25 @@ class TrainerContainerOperator(DockerOperator):
         if payload is None:
             raise AirflowException(f"{self.task_id}: the container exited 0 but printed no {RESULT_MARKER} line")
         try:
-            return self.result_parser(payload)
+            result = self.result_parser(payload)
         except ValueError as exc:
             raise AirflowFailException(f"{self.task_id}: the trainer's result is invalid: {exc}") from exc
+        if isinstance(result, dict):
+            result["trainer_image"] = self.image_provenance()
+        return result
+
+    def image_provenance(self) -> dict[str, str | None]:
+        """The image that ran: its name, content id, registry digest (if it was pulled) and source revision."""
+        try:
+            inspected = self.cli.inspect_image(self.image)
+        except Exception as exc:  # provenance is recorded best-effort; the result stands without it
+            self.log.warning("cannot inspect image %s: %s", self.image, exc)
+            return {"name": self.image, "id": None, "digest": None, "revision": None}
+        digests = inspected.get("RepoDigests") or []
+        labels = (inspected.get("Config") or {}).get("Labels") or {}
+        return {
+            "name": self.image,
+            "id": inspected.get("Id"),
+            "digest": digests[0] if digests else None,
+            "revision": labels.get("org.opencontainers.image.revision"),
+        }

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from abalone_pipeline.config import Settings
-from abalone_pipeline.registry import TAG_DECISION, TAG_REASONS, current_version
+from abalone_pipeline.registry import TAG_DECISION, TAG_REASONS, current_version, mlflow_client
 
 
 def main() -> int:
-    from mlflow.tracking import MlflowClient
-
-    logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
     settings = Settings.from_env()
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     runs = (
         client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"], max_results=1)

@@ -61,6 +61,9 @@ class StagedDataset:
     manifest_uri: str
     rows: dict[str, int]
     written: bool
+    # What this run read: the audit trail names the source and the digest of its bytes.
+    source_uri: str = ""
+    source_sha256: str = ""
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -68,6 +71,8 @@ class StagedDataset:
             "manifest_uri": self.manifest_uri,
             "rows": self.rows,
             "written": self.written,
+            "source_uri": self.source_uri,
+            "source_sha256": self.source_sha256,
         }
 
 
@@ -158,7 +163,7 @@ def stage(payload: bytes, source_uri: str, store: ObjectStore, spec: SplitSpec =
         manifest = json.loads(store.get(manifest_key))
         log.info("dataset %s is already staged at %s; not rewriting it", dataset_id, store.uri(prefix))
         rows_by_split = {split: entry["rows"] for split, entry in manifest["splits"].items()}
-        return StagedDataset(dataset_id, store.uri(manifest_key), rows_by_split, written=False)
+        return StagedDataset(dataset_id, store.uri(manifest_key), rows_by_split, False, source_uri, sha256(payload))
 
     splits = split_rows(rows, spec)
     entries = {}
@@ -183,4 +188,5 @@ def stage(payload: bytes, source_uri: str, store: ObjectStore, spec: SplitSpec =
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
     log.info("manifest %s %s", store.uri(manifest_key), "written" if written else "was written by a concurrent attempt")
-    return StagedDataset(dataset_id, store.uri(manifest_key), {s: e["rows"] for s, e in entries.items()}, written)
+    rows_by_split = {split: entry["rows"] for split, entry in entries.items()}
+    return StagedDataset(dataset_id, store.uri(manifest_key), rows_by_split, written, source_uri, sha256(payload))

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from abalone_pipeline.config import Settings
-from abalone_pipeline.gate import Decision, GatePolicy, decide
+from abalone_pipeline.gate import Decision, GatePolicy, PolicyError, decide
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +42,66 @@ def stage_dataset(settings: Settings, source_uri: str) -> dict[str, Any]:
     return staged.to_xcom()
 
 
-def judge(evaluation: dict[str, Any], max_test_rmse: float, rmse_tolerance: float) -> dict[str, Any]:
-    """Apply the gate policy to the evaluation scores."""
+def policy_for_run(settings: Settings, params: dict[str, Any]) -> GatePolicy:
+    """The configured gate policy with this run's overrides (the ``gate`` Param) applied."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        return GatePolicy.from_dict(params.get("gate") or {}, settings.gate_policy)
+    except (PolicyError, TypeError) as exc:
+        raise AirflowFailException(f"invalid gate policy for this run: {exc}") from exc
+
+
+def check_run_options(settings: Settings, params: dict[str, Any]) -> None:
+    """Refuse contradictory run options before anything is staged or trained."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    if params.get("force_promote") and not str(params.get("force_reason") or "").strip():
+        raise AirflowFailException("force_promote needs a force_reason: it is recorded on the promoted version")
+    policy_for_run(settings, params)
+
+
+def triggered_by(dag_run) -> str:
+    """Who started the run: the UI or API user, or the scheduler."""
+    return getattr(dag_run, "triggering_user_name", None) or f"airflow ({dag_run.run_type})"
+
+
+def judge(settings: Settings, evaluation: dict[str, Any], params: dict[str, Any], dag_run) -> dict[str, Any]:
+    """Apply this run's gate policy to the evaluation and log every rule's finding."""
+    forced = bool(params.get("force_promote"))
     decision = decide(
-        evaluation["candidate"]["metrics"],
-        evaluation["champion"],
-        GatePolicy(max_test_rmse=float(max_test_rmse), rmse_tolerance=float(rmse_tolerance)),
+        evaluation,
+        policy_for_run(settings, params),
+        force_reason=str(params.get("force_reason") or "").strip() if forced else None,
+        forced_by=triggered_by(dag_run) if forced else None,
     )
     log.info("gate decision: %s", decision.summary())
+    for check in decision.checks:
+        log.info(
+            "  %-4s %-24s %s",
+            "n/a" if not check.applied else "pass" if check.passed else "FAIL",
+            check.rule,
+            check.detail,
+        )
     return decision.to_dict()
 
 
 def promote_candidate(
-    settings: Settings, candidate: dict[str, Any], decision: dict[str, Any], staged: dict[str, Any], dag_run
+    settings: Settings,
+    *,
+    candidate: dict[str, Any],
+    decision: dict[str, Any],
+    evaluation: dict[str, Any],
+    staged: dict[str, Any],
+    params: dict[str, Any],
+    dag_run,
+    try_number: int,
 ) -> dict[str, Any]:
-    """Record the decision in MLflow and, if it passed, make the candidate the champion."""
+    """Record the decision and its report in MLflow and, if it passed, make the candidate the champion."""
     from airflow.sdk.exceptions import AirflowFailException
-    from mlflow.tracking import MlflowClient
 
-    from abalone_pipeline.registry import PromotionConflict, apply_decision
+    from abalone_pipeline import registry
+    from abalone_pipeline.gate_report import render
 
     if candidate["dataset_id"] != staged["dataset_id"]:
         raise AirflowFailException(
@@ -68,33 +109,76 @@ def promote_candidate(
             f"but this run staged {staged['dataset_id']}; not promoting it"
         )
     gate_decision = Decision.from_dict(decision)
+    image = candidate.get("trainer_image") or {}
     audit_tags = {
+        registry.TAG_AIRFLOW_RUN: f"{dag_run.dag_id}/{dag_run.run_id}",
         "airflow.dag_id": dag_run.dag_id,
         "airflow.run_id": dag_run.run_id,
         "airflow.run_after": str(dag_run.run_after),
+        "airflow.try_number": str(try_number),
+        "airflow.triggered_by": triggered_by(dag_run),
         "abalone.dataset_id": staged["dataset_id"],
         "abalone.manifest_uri": staged["manifest_uri"],
+        "abalone.source_uri": staged.get("source_uri", ""),
+        "abalone.source_sha256": staged.get("source_sha256", ""),
+        "abalone.trainer_image": image.get("name", ""),
+        "abalone.trainer_image_id": image.get("id", ""),
+        "abalone.trainer_image_digest": image.get("digest") or "none (built locally, never pushed)",
+        "abalone.code_revision": image.get("revision") or candidate.get("code_revision") or "unknown",
         "mlflow.run_id": candidate["run_id"],
     }
-    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
+    context = {key: value for key, value in audit_tags.items() if key.startswith(("airflow.", "abalone."))}
+    report = render(gate_decision, evaluation, context)
+    client = registry.mlflow_client(settings.tracking_uri)
+    if params.get("dry_run"):
+        registry.record_report(client, candidate["run_id"], gate_decision, report)
+        client.set_tag(candidate["run_id"], registry.TAG_DRY_RUN, gate_decision.verdict)
+        log.info("DRY RUN: the gate says %s; the registry was not touched", gate_decision.verdict.upper())
+        return {"promoted": False, "verdict": gate_decision.verdict, "dry_run": True, "version": None}
     try:
-        outcome = apply_decision(
+        outcome = registry.apply_decision(
             client,
             model_name=settings.model_name,
             alias=settings.champion_alias,
+            previous_alias=settings.previous_alias,
             candidate=candidate,
             decision=gate_decision,
             audit_tags=audit_tags,
+            report_markdown=report,
         )
-    except PromotionConflict as exc:
+    except registry.PromotionConflict as exc:
         # Retrying cannot help: the comparison itself is stale.
         raise AirflowFailException(str(exc)) from exc
     champion = outcome["champion_version"]
     log.info(
         "%s; %s@%s is v%s",
-        "PROMOTED" if outcome["promoted"] else "NOT PROMOTED",
+        outcome["verdict"].upper(),
         settings.model_name,
         settings.champion_alias,
         champion if champion is not None else " (none yet)",
     )
+    return outcome
+
+
+def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> dict[str, Any]:
+    """Move the champion alias back to the previous champion, or to the version named in the run's Params."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from abalone_pipeline import registry
+
+    client = registry.mlflow_client(settings.tracking_uri)
+    try:
+        outcome = registry.rollback(
+            client,
+            model_name=settings.model_name,
+            alias=settings.champion_alias,
+            previous_alias=settings.previous_alias,
+            key=f"{dag_run.dag_id}/{dag_run.run_id}",
+            reason=str(params.get("reason") or ""),
+            requested_by=triggered_by(dag_run),
+            to_version=str(params["to_version"]) if params.get("to_version") else None,
+        )
+    except registry.RollbackError as exc:
+        raise AirflowFailException(f"cannot roll back: {exc}") from exc
+    log.info("%s@%s is v%s (was v%s)", settings.model_name, settings.champion_alias, outcome["to"], outcome["from"])
     return outcome

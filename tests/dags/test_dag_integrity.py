@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def test_retraining_dag_shape(dagbag):
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
         "stage": ["promote", "train"],
         "train": ["evaluate", "promote"],
-        "evaluate": ["gate"],
+        "evaluate": ["gate", "promote"],
         "gate": ["promote"],
         "promote": [],
     }
@@ -56,6 +57,14 @@ def test_retraining_dag_shape(dagbag):
     assert train.pool == "gpu" and train.queue == "gpu"
     assert train.mount_tmp_dir is False and train.auto_remove == "force"
     assert isinstance(train.command, list), "the trainer command must be list-form, never a shell string"
+    assert dag.get_task("promote").pool == "mlflow_registry", "promotions are serialised by a one-slot pool"
+
+
+def test_rollback_dag_is_manual_and_serialised(dagbag):
+    dag = dagbag.dags["abalone_rollback"]
+    assert not dag.timetable.can_be_scheduled, "rollbacks are triggered by hand, never scheduled"
+    assert [t.task_id for t in dag.tasks] == ["rollback"]
+    assert dag.get_task("rollback").pool == "mlflow_registry"
 
 
 @pytest.mark.parametrize(
@@ -65,16 +74,48 @@ def test_retraining_dag_shape(dagbag):
         ("batch_size", 64, -1),
         ("learning_rate", 0.01, 0),
         ("learning_rate", 0.5, 1),
-        ("rmse_tolerance", 0.05, -0.01),
         ("source_uri", "s3://bucket/abalone.csv", "ftp://host/abalone.csv"),
         ("gpu", True, "yes"),
-        ("max_test_rmse", 2.2, 0),
+        ("gate", {"max_rmse": 2.2}, {"max_rmse": 0}),
+        ("gate", {"statistical_rule": "off", "prior_runs_tolerance": None}, {"statistical_rule": "vibes"}),
+        ("gate", {"confidence": 0.99}, {"confidence": 0.97}),
+        ("gate", {"slice_tolerance": 0.1}, {"slice_tolerance": -0.1}),
+        ("gate", {"min_prior_runs": 5}, {"unknown_rule": 1}),
+        ("dry_run", True, "no"),
+        ("force_reason", "the champion's artifacts were deleted", "x" * 1001),
     ],
 )
 def test_params_are_validated(dagbag, name, good, bad):
     from airflow.sdk.exceptions import ParamValidationError
 
-    param = dagbag.dags["abalone_retraining"].params.get_param(name)
+    param = copy.deepcopy(dagbag.dags["abalone_retraining"].params.get_param(name))  # resolve() keeps the value
+    assert param.resolve(good) == good
+    with pytest.raises(ParamValidationError):
+        param.resolve(bad)
+
+
+def test_every_param_has_a_title_and_a_description(dagbag):
+    for dag in dagbag.dags.values():
+        for name in dag.params:
+            param = dag.params.get_param(name)
+            assert param.schema.get("title") and param.description, f"{dag.dag_id}.{name}"
+
+
+def test_the_gate_param_accepts_exactly_the_policy(dagbag):
+    from abalone_pipeline.gate import GatePolicy
+
+    default = dagbag.dags["abalone_retraining"].params["gate"]
+    assert GatePolicy.from_dict(default) == GatePolicy.from_dict({}), "the form's default is the configured policy"
+
+
+@pytest.mark.parametrize(
+    ("name", "good", "bad"),
+    [("to_version", "3", "v3"), ("to_version", "", "0"), ("reason", "bad model", "y" * 1001), ("reason", "x", "")],
+)
+def test_rollback_params_are_validated(dagbag, name, good, bad):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    param = copy.deepcopy(dagbag.dags["abalone_rollback"].params.get_param(name))
     assert param.resolve(good) == good
     with pytest.raises(ParamValidationError):
         param.resolve(bad)

@@ -30,6 +30,8 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 
 # moto's server logs every request through werkzeug; the tests' own assertions say what matters.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+# sagemaker-mlflow's header provider warns on every request to an http:// server (see registry.mlflow_client).
+logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
 
 
 def pytest_collection_modifyitems(items):
@@ -138,10 +140,18 @@ class Airflow:
     env: dict[str, str]
     runs: list[subprocess.CompletedProcess] = field(default_factory=list)
 
-    def dags_test(self, logical_date: str, conf: dict | None = None, **env: str) -> subprocess.CompletedProcess:
+    def dags_test(
+        self, logical_date: str, conf: dict | None = None, dag_id: str = "abalone_retraining", **env: str
+    ) -> subprocess.CompletedProcess:
         command = [sys.executable, str(Path(__file__).with_name("dag_test_runner.py")), logical_date]
-        if conf:
-            command.append(json.dumps(conf))
+        command += [json.dumps(conf or {}), "--dag-id", dag_id]
+        return self._run(command, env)
+
+    def airflow(self, *args: str, **env: str) -> subprocess.CompletedProcess:
+        """The ``airflow`` CLI in this home, e.g. ``tasks test`` to retry one task of a finished DAG run."""
+        return self._run([str(BIN / "airflow"), *args], env)
+
+    def _run(self, command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
         result = subprocess.run(command, env={**self.env, **env}, capture_output=True, text=True, timeout=900, cwd=ROOT)
         result.output = result.stdout + result.stderr  # type: ignore[attr-defined]
         self.runs.append(result)
@@ -167,4 +177,49 @@ def airflow(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Airf
     }
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
+    for pool in ("gpu", "mlflow_registry"):  # as scripts/run-local.sh and the compose stack create them
+        created = subprocess.run([str(BIN / "airflow"), "pools", "set", pool, "1", pool], env=env, capture_output=True)
+        assert created.returncode == 0, created.stderr[-3000:]
     return Airflow(env=env)
+
+
+# SageMaker managed MLflow, emulated: the sagemaker-mlflow plugin resolves this ARN, signs every request with
+# SigV4 for the service "sagemaker-mlflow" in the ARN's region and, because SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT
+# is set, sends it to the recording proxy in front of `mlflow_server` instead of AWS.
+SAGEMAKER_ARN = "arn:aws:sagemaker:us-east-1:123456789012:mlflow-tracking-server/abalone-e2e"
+ARN_EXPERIMENT = "abalone-e2e-arn"
+ARN_MODEL = "abalone-e2e-arn"
+# A SageMaker tracking server keeps artifacts in its S3 artifact store, which clients read and write
+# directly; an mlflow-artifacts:/ (proxied) URI cannot be used with an ARN tracking URI at all.
+ARN_ARTIFACT_ROOT = f"s3://{ARTIFACT_BUCKET}/sagemaker-arn"
+ARN_SESSION_TOKEN = "testing-session-token"
+
+
+@pytest.fixture(scope="session")
+def sigv4_proxy(mlflow_server):
+    """A recording reverse proxy in front of ``mlflow_server``: what a SageMaker tracking server would receive."""
+    from .sigv4_proxy import SigV4RecordingProxy
+
+    with SigV4RecordingProxy(mlflow_server) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def arn_airflow(airflow, sigv4_proxy, mlflow_server) -> Airflow:
+    """``airflow`` with a SageMaker MLflow ARN as the tracking URI, in its own experiment and model."""
+    from mlflow.tracking import MlflowClient
+
+    # As on SageMaker, where the tracking server's ArtifactStoreUri is an s3:// location.
+    client = MlflowClient(tracking_uri=mlflow_server)
+    if client.get_experiment_by_name(ARN_EXPERIMENT) is None:
+        client.create_experiment(ARN_EXPERIMENT, artifact_location=ARN_ARTIFACT_ROOT)
+    return Airflow(
+        env={
+            **airflow.env,
+            "ABALONE_MLFLOW_TRACKING_URI": SAGEMAKER_ARN,
+            "SAGEMAKER_MLFLOW_CUSTOM_ENDPOINT": sigv4_proxy.url,
+            "AWS_SESSION_TOKEN": ARN_SESSION_TOKEN,
+            "ABALONE_EXPERIMENT": ARN_EXPERIMENT,
+            "ABALONE_MODEL_NAME": ARN_MODEL,
+        }
+    )

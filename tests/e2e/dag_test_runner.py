@@ -1,4 +1,4 @@
-"""``airflow dags test`` with a fixed run id: ``python dag_test_runner.py LOGICAL_DATE [CONF_JSON]``.
+"""``airflow dags test`` with a fixed run id: ``python dag_test_runner.py LOGICAL_DATE [CONF_JSON] [--dag-id ID]``.
 
 The CLI derives the run id from the wall clock; running the DAG again with the same logical date and
 ``run_after`` reproduces the same run id, which is what re-running a finished DAG run means here.
@@ -6,6 +6,7 @@ The CLI derives the run id from the wall clock; running the DAG again with the s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -15,10 +16,13 @@ from airflow.sdk import DagRunState, timezone
 
 
 def main() -> int:
-    logical_date = timezone.parse(sys.argv[1])
-    conf = json.loads(sys.argv[2]) if len(sys.argv) > 2 else None
-    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("abalone_retraining")
-    run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
+    parser = argparse.ArgumentParser()
+    parser.add_argument("logical_date", type=timezone.parse)
+    parser.add_argument("conf", nargs="?", type=json.loads)
+    parser.add_argument("--dag-id", default="abalone_retraining")
+    args = parser.parse_args()
+    dag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag(args.dag_id)
+    run = dag.test(logical_date=args.logical_date, run_after=args.logical_date, run_conf=args.conf)
     print(f"DAG RUN {run.run_id} {run.state}")
     return 0 if run.state == DagRunState.SUCCESS else 1
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -15,6 +18,10 @@ from .conftest import ARTIFACT_BUCKET, STAGING_BUCKET, free_port
 MODEL = "abalone-e2e"
 RUN_1 = "2026-11-01T02:00:00+00:00"
 RUN_2 = "2026-11-02T02:00:00+00:00"
+RUN_3 = "2026-11-03T02:00:00+00:00"
+RUN_4 = "2026-11-04T02:00:00+00:00"
+RUN_5 = "2026-11-05T02:00:00+00:00"
+ROLLBACK = "2026-11-05T12:00:00+00:00"
 FAST = {"epochs": 40}
 
 
@@ -27,11 +34,19 @@ def versions(client) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
 
 
-def champion(client) -> str | None:
+def champion(client, alias: str = "champion") -> str | None:
     try:
-        return str(client.get_model_version_by_alias(MODEL, "champion").version)
+        return str(client.get_model_version_by_alias(MODEL, alias).version)
     except Exception:
         return None
+
+
+def previous_champion(client) -> str | None:
+    return champion(client, "previous_champion")
+
+
+def artifact(client, run_id: str, path: str) -> str:
+    return Path(client.download_artifacts(run_id, path)).read_text()
 
 
 def runs(client, experiment="abalone-e2e"):
@@ -88,20 +103,137 @@ def test_the_mlflow_run_records_everything(first_run, client, s3):
     assert artifacts > 0, "the model's artifacts are not in the S3 artifact store"
 
 
-def test_the_first_candidate_becomes_champion(first_run, client):
+def test_the_first_candidate_becomes_champion_with_an_audit_trail(first_run, client, s3):
     assert versions(client) == ["1"] and champion(client) == "1"
     version = client.get_model_version(MODEL, "1")
-    assert version.tags["airflow.run_id"] == f"manual__{RUN_1}"
-    assert version.tags["abalone.gate.decision"] == "promoted"
-    assert version.run_id == runs(client)[0].info.run_id
+    (run,) = runs(client)
+    assert version.run_id == run.info.run_id
+    tags = version.tags
+    assert tags["abalone.airflow_run"] == f"abalone_retraining/manual__{RUN_1}"
+    assert tags["airflow.run_id"] == f"manual__{RUN_1}" and tags["airflow.try_number"] == "1"
+    assert tags["abalone.gate.decision"] == "promoted" and tags["abalone.previous_champion"] == "none"
+    assert tags["abalone.dataset_id"] == run.data.tags["abalone.dataset_id"]
+    assert tags["abalone.source_uri"] == f"s3://{STAGING_BUCKET}/incoming/abalone.data"
+    assert tags["abalone.source_sha256"] == hashlib.sha256(BUNDLED_DATA.read_bytes()).hexdigest()
+    assert tags["abalone.trainer_image_id"].startswith("sha256:")
+    assert tags["abalone.code_revision"] not in ("", "unknown")
+    assert run.data.tags["abalone.code_revision"] == tags["abalone.code_revision"]
+    # The report the version points at says why it is in production.
+    assert tags["abalone.gate.report"] == f"runs:/{run.info.run_id}/gate/report.md"
+    report = artifact(client, run.info.run_id, "gate/report.md")
+    assert report.startswith("# Gate decision: PROMOTED")
+    assert "| baseline:linear | pass |" in report and "| champion | n/a |" in report
 
 
-def test_the_second_run_is_judged_against_the_first_champion(second_run, client):
+def test_the_second_run_is_judged_against_the_first_by_the_policy(second_run, client):
     first, second = runs(client)
     assert second.data.tags["abalone.dataset_id"] == first.data.tags["abalone.dataset_id"]
-    reasons = second.data.tags["abalone.gate.reasons"]
-    assert f"champion v1 test_rmse {first.data.metrics['test_rmse']:.4f}" in reasons
-    assert second.data.tags["abalone.gate.decision"] in ("promoted", "rejected")
+    decision = json.loads(artifact(client, second.info.run_id, "gate/decision.json"))
+    assert decision["champion_version"] == "1"
+    rules = {check["rule"]: check for check in decision["checks"]}
+    assert {"improvement", "significance", "slice:sex=M", "slice:rings>=12", "baseline:linear"} <= set(rules)
+    # Same data, same settings and a deterministic CPU trainer: the same model, which a tie does not replace.
+    assert second.data.metrics["test_rmse"] == pytest.approx(first.data.metrics["test_rmse"], abs=1e-6)
+    assert not rules["improvement"].get("passed") and "tie" in rules["improvement"]["detail"]
+    assert decision["verdict"] == second.data.tags["abalone.gate.decision"] == "rejected"
+    assert versions(client) == ["1"] and champion(client) == "1"
+
+
+@pytest.fixture(scope="module")
+def worse_run(second_run, airflow):
+    result = airflow.dags_test(RUN_3, {"epochs": 1})
+    assert_succeeded(result)  # a rejection is an outcome, not a failure
+    return result
+
+
+def test_a_worse_candidate_is_rejected_and_the_champion_stays(worse_run, client):
+    worse = runs(client)[-1]
+    assert worse.data.tags["abalone.gate.decision"] == "rejected"
+    decision = json.loads(artifact(client, worse.info.run_id, "gate/decision.json"))
+    failed = [check["rule"] for check in decision["checks"] if not check["passed"]]
+    assert "improvement" in failed, decision["summary"]
+    assert "gate decision: REJECT" in worse_run.output
+    assert versions(client) == ["1"] and champion(client) == "1"
+
+
+@pytest.fixture(scope="module")
+def dry_run(worse_run, airflow):
+    result = airflow.dags_test(RUN_4, {"epochs": 1, "dry_run": True, "force_promote": True, "force_reason": "try"})
+    assert_succeeded(result)
+    return result
+
+
+def test_a_dry_run_evaluates_and_gates_but_never_touches_the_registry(dry_run, client):
+    candidate = runs(client)[-1]
+    assert candidate.data.tags["abalone.gate.dry_run"] == "forced"
+    assert "abalone.gate.decision" not in candidate.data.tags
+    assert artifact(client, candidate.info.run_id, "gate/report.md").startswith("# Gate decision: FORCED")
+    assert versions(client) == ["1"] and champion(client) == "1"
+    assert "DRY RUN" in dry_run.output
+
+
+@pytest.fixture(scope="module")
+def forced_run(dry_run, airflow):
+    result = airflow.dags_test(
+        RUN_5, {"epochs": 1, "force_promote": True, "force_reason": "e2e: exercising the forced path"}
+    )
+    assert_succeeded(result)
+    return result
+
+
+def test_a_forced_promotion_is_recorded_with_its_reason(forced_run, client):
+    assert versions(client) == ["1", "2"] and champion(client) == "2" and previous_champion(client) == "1"
+    tags = client.get_model_version(MODEL, "2").tags
+    assert tags["abalone.gate.decision"] == "forced"
+    assert tags["abalone.force_reason"] == "e2e: exercising the forced path"
+    assert tags["abalone.forced_by"] and tags["abalone.previous_champion"] == "1"
+    assert tags["abalone.gate.reasons"].startswith("FORCED by")
+    decision = json.loads(artifact(client, client.get_model_version(MODEL, "2").run_id, "gate/decision.json"))
+    failed = {check["rule"] for check in decision["checks"] if not check["passed"]}
+    assert {"ceiling", "improvement"} <= failed, "forcing does not hide what failed"
+
+
+def test_forcing_without_a_reason_fails_before_training(forced_run, airflow, client):
+    before = len(runs(client))
+    result = airflow.dags_test("2026-11-06T02:00:00+00:00", {"force_promote": True})
+    assert result.returncode != 0 and "force_promote needs a force_reason" in result.output
+    assert len(runs(client)) == before
+
+
+@pytest.fixture(scope="module")
+def rolled_back(forced_run, airflow):
+    conf = {"reason": "v2 was forced by the end-to-end test"}
+    result = airflow.dags_test(ROLLBACK, conf, dag_id="abalone_rollback")
+    assert_succeeded(result)
+    again = airflow.dags_test(ROLLBACK, conf, dag_id="abalone_rollback")  # the same DAG run, re-run
+    assert_succeeded(again)
+    return result
+
+
+def test_rollback_restores_the_previous_champion_once(rolled_back, client):
+    assert champion(client) == "1" and previous_champion(client) is None, "v1 replaced nothing"
+    model = client.get_registered_model(MODEL)
+    (plan,) = [json.loads(v) for k, v in model.tags.items() if k.startswith("abalone.rollback.")]
+    assert (plan["from"], plan["to"], plan["status"]) == ("2", "1", "done")
+    assert plan["reason"] == "v2 was forced by the end-to-end test"
+
+
+def test_retrying_the_promote_task_of_a_finished_run_adds_no_version(rolled_back, airflow, client):
+    result = airflow.airflow("tasks", "test", "abalone_retraining", "promote", f"manual__{RUN_5}")
+    assert result.returncode == 0, result.output[-4000:]
+    assert "was already forced; not acting on it again" in result.output
+    assert versions(client) == ["1", "2"] and champion(client) == "1", "the retry must not undo the rollback"
+
+
+def test_the_history_command_shows_all_of_it(rolled_back, airflow):
+    result = subprocess.run(
+        [sys.executable, "-m", "abalone_pipeline.history"], env=airflow.env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split()[:4] for line in result.stdout.splitlines()[1:] if line.strip() and "@" not in line]
+    assert [row[1:4] for row in rows] == [["promoted", "1", "none"], ["forced", "2", "1"], ["rollback", "1", "2"]]
+    assert "e2e: exercising the forced path" in result.stdout and "v2 was forced" in result.stdout
+    assert f"{MODEL}@champion = v1" in result.stdout
 
 
 def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
@@ -135,7 +267,7 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, 
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
         }
-    result = airflow.dags_test("2026-11-03T02:00:00+00:00", conf, **env)
+    result = airflow.dags_test("2026-11-09T02:00:00+00:00", conf, **env)
     assert result.returncode != 0
     assert message in result.output
     assert (versions(client), champion(client), len(runs(client))) == before

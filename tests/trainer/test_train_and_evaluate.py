@@ -72,21 +72,73 @@ def test_a_rerun_of_the_same_key_reuses_the_finished_run(trained, small_manifest
     assert len(MlflowClient(tracking_uri).search_runs([first["experiment_id"]])) == 1
 
 
-def test_evaluate_without_and_with_a_champion(trained, small_manifest_uri, tracking_uri):
-    data, result = trained
-    alone = evaluate(
-        data, candidate_model_uri=result["model_uri"], model_name="abalone-test", tracking_uri=tracking_uri
+def run_evaluate(data, result, tracking_uri, **kwargs):
+    return evaluate(
+        data,
+        candidate_model_uri=result["model_uri"],
+        candidate_run_id=result["run_id"],
+        model_name="abalone-test",
+        tracking_uri=tracking_uri,
+        resamples=500,
+        **kwargs,
     )
-    assert alone["champion"] is None
+
+
+def test_evaluate_without_and_with_a_champion(trained, tracking_uri):
+    data, result = trained
+    alone = run_evaluate(data, result, tracking_uri)
+    assert alone["champion"] is None and alone["comparison"] is None
     assert alone["candidate"]["metrics"]["test_rmse"] == pytest.approx(result["metrics"]["test_rmse"], rel=1e-6)
+    assert set(alone["baselines"]) == {"mean", "linear"}
+    assert alone["baselines"]["linear"]["test_rmse"] < alone["baselines"]["mean"]["test_rmse"]
+    slices = alone["candidate"]["slices"]
+    assert sum(slices[f"sex={s}"]["rows"] for s in "MFI") == alone["test_rows"]
+    assert sum(slices[name]["rows"] for name in ("rings<=7", "rings=8-11", "rings>=12")) == alone["test_rows"]
+    assert alone["prior_runs"]["count"] == 0, "the candidate is not its own history"
 
     client = MlflowClient(tracking_uri)
     client.create_registered_model("abalone-test")
     version = client.create_model_version("abalone-test", result["model_uri"], run_id=result["run_id"])
     client.set_registered_model_alias("abalone-test", "champion", version.version)
-    both = evaluate(data, candidate_model_uri=result["model_uri"], model_name="abalone-test", tracking_uri=tracking_uri)
+    both = run_evaluate(data, result, tracking_uri)
     assert both["champion"]["version"] == str(version.version)
     assert both["champion"]["metrics"] == pytest.approx(both["candidate"]["metrics"])
+    assert both["comparison"]["overall"]["rmse_diff"] == pytest.approx(0.0, abs=0), (
+        "the same model: every resample ties"
+    )
+    assert both["comparison"]["overall"]["intervals"]["0.95"] == [0.0, 0.0]
+    assert set(both["comparison"]["slices"]) == set(slices)
+
+
+def test_an_unloadable_champion_is_reported_not_raised(trained, tracking_uri):
+    data, result = trained
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model("abalone-test")
+    version = client.create_model_version("abalone-test", "/nonexistent/model", run_id=result["run_id"])
+    client.set_registered_model_alias("abalone-test", "champion", version.version)
+    evaluation = run_evaluate(data, result, tracking_uri)
+    assert evaluation["champion"]["version"] == str(version.version)
+    assert evaluation["champion"]["error"] and "metrics" not in evaluation["champion"]
+    assert evaluation["comparison"] is None
+
+
+def test_prior_runs_prefer_the_same_dataset(trained, tracking_uri, tmp_path, small_abalone):
+    from abalone_pipeline.objectstore import LocalStore
+    from abalone_pipeline.staging import stage
+
+    data, first = trained
+    second = train_and_log(
+        data, HPARAMS, experiment="abalone-test", idempotency_key="dag/run-2", tracking_uri=tracking_uri
+    )
+    prior = run_evaluate(data, second, tracking_uri)["prior_runs"]
+    assert prior["basis"] == "same dataset" and prior["count"] == 1 and prior["run_ids"] == [first["run_id"]]
+    fewer = b"\n".join(small_abalone.read_bytes().splitlines()[:-10]) + b"\n"
+    other = load_staged(stage(fewer, "changed.data", LocalStore(tmp_path / "other")).manifest_uri)
+    third = train_and_log(
+        other, HPARAMS, experiment="abalone-test", idempotency_key="dag/run-3", tracking_uri=tracking_uri
+    )
+    prior = run_evaluate(other, third, tracking_uri)["prior_runs"]
+    assert prior["basis"] == "any dataset" and prior["count"] == 2
 
 
 def test_cli_prints_one_result_line(small_manifest_uri, tracking_uri, capsys):

@@ -20,13 +20,18 @@ def test_production_settings_come_from_the_environment():
             "ABALONE_OBJECT_STORE_URI": "s3://ml-data/abalone/",
             "ABALONE_TRAINER_IMAGE": "123.dkr.ecr.eu-west-1.amazonaws.com/abalone-trainer:gpu",
             "ABALONE_GPU": "true",
-            "ABALONE_GATE_MAX_TEST_RMSE": "2.3",
+            "ABALONE_GATE_POLICY": '{"max_rmse": 2.3, "statistical_rule": "require_significantly_better"}',
+            "ABALONE_PREVIOUS_ALIAS": "rollback-target",
             "ABALONE_TASK_RETRIES": "3",
         }
     )
     assert settings.tracking_uri == arn
     assert settings.object_store_uri == "s3://ml-data/abalone" and settings.local_store_root is None
-    assert settings.gpu is True and settings.max_test_rmse == pytest.approx(2.3) and settings.task_retries == 3
+    assert settings.gpu is True and settings.task_retries == 3
+    assert settings.gate_policy.max_rmse == pytest.approx(2.3)
+    assert settings.gate_policy.statistical_rule == "require_significantly_better"
+    assert settings.gate_policy.slice_tolerance == Settings().gate_policy.slice_tolerance, "others keep defaults"
+    assert settings.previous_alias == "rollback-target"
 
 
 def test_a_local_store_path_with_spaces_is_decoded(tmp_path):
@@ -44,8 +49,13 @@ def test_mlflow_tracking_uri_is_a_fallback():
     ("name", "value", "message"),
     [
         ("ABALONE_GPU", "maybe", "ABALONE_GPU='maybe' is not a boolean"),
-        ("ABALONE_GATE_MAX_TEST_RMSE", "high", "is not a number"),
-        ("ABALONE_GATE_MAX_TEST_RMSE", "-1", "must be positive"),
+        ("ABALONE_GATE_POLICY", "{max_rmse: 2}", "ABALONE_GATE_POLICY is not a valid gate policy"),
+        ("ABALONE_GATE_POLICY", '{"max_rmse": -1}', "max_rmse must be > 0"),
+        ("ABALONE_GATE_POLICY", '{"ceiling": 2}', "unknown gate policy keys"),
+        ("ABALONE_GATE_POLICY", "[1]", "expected a JSON object"),
+        ("ABALONE_PREVIOUS_ALIAS", "champion", "must differ"),
+        ("ABALONE_PREVIOUS_ALIAS", "prev alias", "not a valid alias"),
+        ("ABALONE_BOOTSTRAP_RESAMPLES", "10", "between 100 and 100000"),
         ("ABALONE_MLFLOW_TRACKING_URI", "sqlite:///x.db", "http\\(s\\)"),
         ("ABALONE_OBJECT_STORE_URI", "gs://bucket", "s3://bucket/prefix"),
         ("ABALONE_TASK_RETRIES", "many", "not a whole number"),

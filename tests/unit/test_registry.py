@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from mlflow.tracking import MlflowClient
 
-from abalone_pipeline.gate import GatePolicy, decide
-from abalone_pipeline.registry import TAG_DECISION, TAG_REASONS, PromotionConflict, apply_decision, current_version
+from abalone_pipeline.gate import Check, Decision
+from abalone_pipeline.registry import (
+    REPORT_JSON,
+    REPORT_MARKDOWN,
+    TAG_AIRFLOW_RUN,
+    TAG_DECISION,
+    TAG_REASONS,
+    PromotionConflict,
+    RollbackError,
+    apply_decision,
+    current_version,
+    history,
+    rollback,
+    rollback_tag,
+)
 
-NAME, ALIAS = "abalone-test", "champion"
-POLICY = GatePolicy(max_test_rmse=2.5, rmse_tolerance=0.02)
-AUDIT = {"airflow.dag_id": "abalone_retraining", "airflow.run_id": "scheduled__x"}
+NAME, ALIAS, PREVIOUS = "abalone-test", "champion", "previous_champion"
 
 
 @pytest.fixture
@@ -20,25 +33,40 @@ def client(tmp_path, monkeypatch):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+_runs = iter(range(1, 1000))
+
+
 def candidate(client: MlflowClient) -> dict:
+    """A finished MLflow run, trained by its own Airflow run."""
     experiment = client.get_experiment_by_name("e") or client.get_experiment(client.create_experiment("e"))
     run = client.create_run(experiment.experiment_id)
     client.set_terminated(run.info.run_id)
-    return {"run_id": run.info.run_id, "model_uri": f"{run.info.artifact_uri}/model"}
+    return {"run_id": run.info.run_id, "model_uri": f"{run.info.artifact_uri}/model", "airflow": f"d/r{next(_runs)}"}
 
 
-def metrics(rmse: float) -> dict[str, float]:
-    return {"test_rmse": rmse, "test_mae": 1.0, "test_r2": 0.5, "test_mse": rmse**2}
+def decision(passed: bool, champion: str | None = None, forced_by: str | None = None) -> Decision:
+    check = Check("improvement", passed, "better than the champion" if passed else "worse than champion")
+    return Decision(
+        promote=passed or forced_by is not None,
+        checks=(check,),
+        candidate_rmse=2.1,
+        champion_version=champion,
+        forced=forced_by is not None,
+        force_reason="the old champion's artifacts were lost" if forced_by else None,
+        forced_by=forced_by,
+    )
 
 
-def promote(client, cand, rmse, champion=None):
+def promote(client, cand, passed=True, champion=None, forced_by=None):
     return apply_decision(
         client,
         model_name=NAME,
         alias=ALIAS,
+        previous_alias=PREVIOUS,
         candidate=cand,
-        decision=decide(metrics(rmse), champion, POLICY),
-        audit_tags=AUDIT,
+        decision=decision(passed, champion, forced_by),
+        audit_tags={TAG_AIRFLOW_RUN: cand["airflow"], "airflow.run_id": cand["airflow"].split("/")[1]},
+        report_markdown="# Gate decision\n",
     )
 
 
@@ -46,74 +74,151 @@ def versions(client) -> list[str]:
     return sorted(str(v.version) for v in client.search_model_versions(f"name = '{NAME}'"))
 
 
-def test_first_promotion_registers_and_sets_the_alias(client):
+def roll_back(client, key="rollback/r1", to_version=None, reason="v2 misbehaves in production"):
+    return rollback(
+        client,
+        model_name=NAME,
+        alias=ALIAS,
+        previous_alias=PREVIOUS,
+        key=key,
+        reason=reason,
+        requested_by="alice",
+        to_version=to_version,
+    )
+
+
+def test_first_promotion_registers_sets_the_alias_and_logs_the_report(client, tmp_path):
     cand = candidate(client)
-    outcome = promote(client, cand, 2.2)
+    outcome = promote(client, cand)
     assert outcome["promoted"] and outcome["version"] == "1"
-    assert current_version(client, NAME, ALIAS) == "1"
+    assert current_version(client, NAME, ALIAS) == "1" and current_version(client, NAME, PREVIOUS) is None
     version = client.get_model_version(NAME, "1")
     assert version.run_id == cand["run_id"]
-    assert version.tags["airflow.run_id"] == "scheduled__x" and version.tags[TAG_DECISION] == "promoted"
+    assert version.tags[TAG_AIRFLOW_RUN] == cand["airflow"] and version.tags[TAG_DECISION] == "promoted"
+    assert version.tags["abalone.previous_champion"] == "none"
+    assert version.tags["abalone.gate.report"] == f"runs:/{cand['run_id']}/{REPORT_MARKDOWN}"
     assert client.get_run(cand["run_id"]).data.tags[TAG_DECISION] == "promoted"
+    saved = json.loads((tmp_path / client.download_artifacts(cand["run_id"], REPORT_JSON)).read_text())
+    assert saved["verdict"] == "promoted" and saved["checks"][0]["rule"] == "improvement"
 
 
 def test_a_retry_creates_no_second_version(client):
     cand = candidate(client)
-    promote(client, cand, 2.2)
-    again = promote(client, cand, 2.2)  # the champion now is this very candidate
-    assert again["version"] == "1" and versions(client) == ["1"]
-    assert current_version(client, NAME, ALIAS) == "1"
+    promote(client, cand)
+    again = promote(client, cand)
+    assert again["version"] == "1" and again["already_decided"] and versions(client) == ["1"]
 
 
 def test_a_retry_after_a_partial_promotion_completes_it(client):
+    promote(client, candidate(client))
     cand = candidate(client)
-    client.create_registered_model(NAME)
-    version = client.create_model_version(NAME, cand["model_uri"], run_id=cand["run_id"])  # then the task died
-    outcome = promote(client, cand, 2.2)
-    assert outcome["version"] == str(version.version) and versions(client) == ["1"]
-    assert current_version(client, NAME, ALIAS) == "1"
+    client.create_model_version(NAME, cand["model_uri"], run_id=cand["run_id"], tags={TAG_AIRFLOW_RUN: cand["airflow"]})
+    # ... then the task died before moving the alias: the retry finds the version by its Airflow run.
+    outcome = promote(client, cand, champion="1")
+    assert outcome["version"] == "2" and versions(client) == ["1", "2"]
+    assert current_version(client, NAME, ALIAS) == "2" and current_version(client, NAME, PREVIOUS) == "1"
 
 
 def test_rerunning_an_old_decided_run_does_not_move_the_alias_back(client):
     old = candidate(client)
-    promote(client, old, 2.2)
-    promote(client, candidate(client), 2.2, champion={"version": "1", "metrics": metrics(2.2)})  # v2, a tie
-    again = promote(client, old, 2.2, champion={"version": "2", "metrics": metrics(2.2)})
+    promote(client, old)
+    promote(client, candidate(client), champion="1")
+    again = promote(client, old, champion="2")
     assert again["already_decided"] and again["version"] == "1" and again["champion_version"] == "2"
     assert current_version(client, NAME, ALIAS) == "2" and versions(client) == ["1", "2"]
 
 
-def test_an_alias_deleted_since_evaluation_is_a_conflict(client):
-    promote(client, candidate(client), 2.2)
-    client.delete_registered_model_alias(NAME, ALIAS)
-    with pytest.raises(PromotionConflict, match="moved to vNone"):
-        promote(client, candidate(client), 2.1, champion={"version": "1", "metrics": metrics(2.2)})
-    assert versions(client) == ["1"] and current_version(client, NAME, ALIAS) is None
-
-
 def test_a_rejection_leaves_registry_and_alias_untouched(client):
-    first = candidate(client)
-    promote(client, first, 2.2)
+    promote(client, candidate(client))
     worse = candidate(client)
-    outcome = promote(client, worse, 2.4, champion={"version": "1", "metrics": metrics(2.2)})
-    assert not outcome["promoted"]
+    outcome = promote(client, worse, passed=False, champion="1")
+    assert not outcome["promoted"] and outcome["verdict"] == "rejected"
     assert versions(client) == ["1"] and current_version(client, NAME, ALIAS) == "1"
     tags = client.get_run(worse["run_id"]).data.tags
-    assert tags[TAG_DECISION] == "rejected" and "champion v1" in tags[TAG_REASONS]
+    assert tags[TAG_DECISION] == "rejected" and "worse than champion" in tags[TAG_REASONS]
+    assert [a.path for a in client.list_artifacts(worse["run_id"], "gate")] == [REPORT_JSON, REPORT_MARKDOWN]
 
 
-def test_a_better_candidate_moves_the_alias(client):
-    promote(client, candidate(client), 2.2)
-    better = candidate(client)
-    outcome = promote(client, better, 2.1, champion={"version": "1", "metrics": metrics(2.2)})
+def test_a_better_candidate_moves_the_alias_and_keeps_the_previous_champion(client):
+    promote(client, candidate(client))
+    outcome = promote(client, candidate(client), champion="1")
     assert outcome["version"] == "2" and current_version(client, NAME, ALIAS) == "2"
+    assert current_version(client, NAME, PREVIOUS) == "1"
     assert client.get_model_version(NAME, "2").tags["abalone.previous_champion"] == "1"
 
 
-def test_an_alias_moved_since_evaluation_is_a_conflict_and_changes_nothing(client):
-    promote(client, candidate(client), 2.2)
+def test_a_forced_promotion_records_who_and_why(client):
+    promote(client, candidate(client))
+    outcome = promote(client, candidate(client), passed=False, champion="1", forced_by="bob")
+    assert outcome["verdict"] == "forced" and current_version(client, NAME, ALIAS) == "2"
+    tags = client.get_model_version(NAME, "2").tags
+    assert tags[TAG_DECISION] == "forced" and tags["abalone.forced_by"] == "bob"
+    assert tags["abalone.force_reason"] == "the old champion's artifacts were lost"
+
+
+@pytest.mark.parametrize("delete", [True, False])
+def test_an_alias_moved_or_deleted_since_evaluation_is_a_conflict_and_changes_nothing(client, delete):
+    promote(client, candidate(client))
     judged_against_v1 = candidate(client)
-    promote(client, candidate(client), 2.1, champion={"version": "1", "metrics": metrics(2.2)})  # v2 wins meanwhile
-    with pytest.raises(PromotionConflict, match="moved to v2"):
-        promote(client, judged_against_v1, 2.0, champion={"version": "1", "metrics": metrics(2.2)})
-    assert versions(client) == ["1", "2"] and current_version(client, NAME, ALIAS) == "2"
+    if delete:
+        client.delete_registered_model_alias(NAME, ALIAS)
+    else:
+        promote(client, candidate(client), champion="1")  # v2 wins meanwhile
+    before = versions(client), current_version(client, NAME, ALIAS)
+    with pytest.raises(PromotionConflict, match="moved to vNone" if delete else "moved to v2"):
+        promote(client, judged_against_v1, champion="1")
+    assert (versions(client), current_version(client, NAME, ALIAS)) == before
+    assert TAG_DECISION not in client.get_run(judged_against_v1["run_id"]).data.tags
+
+
+@pytest.fixture
+def three_promotions(client):
+    promote(client, candidate(client))
+    promote(client, candidate(client), champion="1")
+    promote(client, candidate(client), champion="2")
+    assert current_version(client, NAME, ALIAS) == "3" and current_version(client, NAME, PREVIOUS) == "2"
+
+
+def test_rollback_restores_the_previous_champion_once_per_airflow_run(client, three_promotions):
+    outcome = roll_back(client)
+    assert (outcome["from"], outcome["to"], outcome["already_done"]) == ("3", "2", False)
+    assert current_version(client, NAME, ALIAS) == "2"
+    assert current_version(client, NAME, PREVIOUS) == "1", "what v2 itself replaced"
+    again = roll_back(client)  # a retry of the same Airflow run
+    assert again["already_done"] and current_version(client, NAME, ALIAS) == "2"
+    roll_back(client, key="rollback/r2")  # a new run steps one further back
+    assert current_version(client, NAME, ALIAS) == "1" and current_version(client, NAME, PREVIOUS) is None
+
+
+def test_rollback_to_a_named_version_and_its_errors(client, three_promotions):
+    assert roll_back(client, to_version="1")["to"] == "1"
+    assert current_version(client, NAME, ALIAS) == "1"
+    with pytest.raises(RollbackError, match="v9 does not exist"):
+        roll_back(client, key="rollback/r2", to_version="9")
+    with pytest.raises(RollbackError, match="no previous champion"):
+        roll_back(client, key="rollback/r3")
+    with pytest.raises(RollbackError, match="needs a reason"):
+        roll_back(client, key="rollback/r4", reason=" ")
+    assert current_version(client, NAME, ALIAS) == "1"
+
+
+def test_an_interrupted_rollback_is_completed_by_its_retry(client, three_promotions):
+    plan = {"at": "2026-11-26T00:00:00+00:00", "from": "3", "to": "2", "previous_after": "1", "by": "alice"}
+    plan |= {"reason": "r", "airflow_run": "rollback/r1", "status": "started"}
+    client.set_registered_model_tag(NAME, rollback_tag("rollback/r1"), json.dumps(plan))  # then the worker died
+    outcome = roll_back(client)
+    assert not outcome["already_done"] and outcome["status"] == "done"
+    assert current_version(client, NAME, ALIAS) == "2" and current_version(client, NAME, PREVIOUS) == "1"
+
+
+def test_history_replays_promotions_and_rollbacks(client, three_promotions):
+    roll_back(client)
+    events = history(client, NAME)
+    assert [(e["event"], e["version"], e["replaced"]) for e in events] == [
+        ("promoted", "1", "none"),
+        ("promoted", "2", "1"),
+        ("promoted", "3", "2"),
+        ("rollback", "2", "3"),
+    ]
+    assert events[-1]["by"] == "alice" and events[-1]["why"] == "v2 misbehaves in production"
+    assert history(client, "no-such-model") == []

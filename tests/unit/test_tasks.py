@@ -6,13 +6,59 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from abalone_pipeline.config import Settings
-from abalone_pipeline.tasks import promote_candidate
+from abalone_pipeline.tasks import check_run_options, judge, policy_for_run, promote_candidate
+
+SETTINGS = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
+DAG_RUN = SimpleNamespace(
+    dag_id="abalone_retraining",
+    run_id="manual__x",
+    run_after="2026-11-26",
+    run_type="manual",
+    triggering_user_name="alice",
+)
+METRICS = {"test_rmse": 2.1, "test_mae": 1.5, "test_r2": 0.55, "test_mse": 4.41}
+EVALUATION = {
+    "dataset_id": "aaaa",
+    "test_rows": 836,
+    "candidate": {"model_uri": "models:/m-1", "run_id": "r1", "metrics": METRICS, "slices": {}},
+    "champion": None,
+    "comparison": None,
+    "baselines": {"mean": {**METRICS, "test_rmse": 3.2}, "linear": {**METRICS, "test_rmse": 2.2}},
+    "prior_runs": {"count": 0},
+}
 
 
 def test_a_candidate_trained_on_other_data_is_never_promoted():
-    settings = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
     candidate = {"run_id": "r1", "model_uri": "models:/m-1", "dataset_id": "aaaa"}
-    decision = {"promote": True, "reasons": ["ok"], "candidate_rmse": 2.1}
-    dag_run = SimpleNamespace(dag_id="abalone_retraining", run_id="manual__x", run_after="2026-11-26")
     with pytest.raises(AirflowFailException, match="trained on dataset aaaa, but this run staged bbbb"):
-        promote_candidate(settings, candidate, decision, {"dataset_id": "bbbb", "manifest_uri": "m"}, dag_run)
+        promote_candidate(
+            SETTINGS,
+            candidate=candidate,
+            decision=judge(SETTINGS, EVALUATION, {}, DAG_RUN),
+            evaluation=EVALUATION,
+            staged={"dataset_id": "bbbb", "manifest_uri": "m"},
+            params={},
+            dag_run=DAG_RUN,
+            try_number=1,
+        )
+
+
+def test_forcing_needs_a_reason_before_anything_runs():
+    with pytest.raises(AirflowFailException, match="force_promote needs a force_reason"):
+        check_run_options(SETTINGS, {"force_promote": True, "force_reason": "  "})
+    check_run_options(SETTINGS, {"force_promote": True, "force_reason": "rollback of a bad feed"})
+
+
+def test_a_run_overrides_single_policy_keys():
+    assert policy_for_run(SETTINGS, {"gate": {"max_rmse": 2.0}}).max_rmse == pytest.approx(2.0)
+    with pytest.raises(AirflowFailException, match="invalid gate policy for this run"):
+        policy_for_run(SETTINGS, {"gate": {"max_rmse": "low"}})
+
+
+def test_judge_records_who_forced_and_why():
+    params = {"force_promote": True, "force_reason": "hotfix", "gate": {"max_rmse": 1.0}}
+    decision = judge(SETTINGS, EVALUATION, params, DAG_RUN)
+    assert decision["promote"] and decision["verdict"] == "forced"
+    assert decision["forced_by"] == "alice" and decision["force_reason"] == "hotfix"
+    assert decision["policy"]["max_rmse"] == pytest.approx(1.0)
+    assert not judge(SETTINGS, EVALUATION, {"gate": {"max_rmse": 1.0}}, DAG_RUN)["promote"]

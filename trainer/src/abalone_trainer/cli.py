@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from abalone_trainer.defaults import HyperParams
+from abalone_trainer.stats import SliceSpec
 
 RESULT_MARKER = "ABALONE_RESULT"
 ERROR_MARKER = "ABALONE_ERROR"
@@ -38,6 +39,23 @@ def _units(text: str) -> tuple[int, ...]:
         return tuple(_positive_int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}") from exc
+
+
+def _slices(text: str) -> SliceSpec:
+    """``sex;rings:7,11`` -> slices by Sex and by the age bands <= 7, 8-11, >= 12; ``none`` -> no slices."""
+    by_sex, bands = False, ()
+    try:
+        for part in filter(None, (part.strip() for part in text.split(";"))):
+            name, _, edges = part.partition(":")
+            if name == "sex" and not edges:
+                by_sex = True
+            elif name == "rings" and edges:
+                bands = tuple(int(edge) for edge in edges.split(","))
+            elif name != "none":
+                raise ValueError(f"unknown slice {part!r}; use sex, rings:EDGES or none")
+        return SliceSpec(by_sex=by_sex, rings_bands=bands)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,8 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score the candidate and the champion on the test split")
     evaluate.add_argument("--candidate-model-uri", required=True)
+    evaluate.add_argument("--candidate-run-id", required=True, help="the candidate's MLflow run")
     evaluate.add_argument("--model-name", required=True)
     evaluate.add_argument("--alias", default="champion")
+    evaluate.add_argument(
+        "--slices",
+        type=_slices,
+        default=SliceSpec(),
+        metavar="SPEC",
+        help="slices to score: 'sex', 'rings:7,11' (upper edges of the age bands), both joined by ';', or 'none'",
+    )
+    evaluate.add_argument("--bootstrap-resamples", type=_positive_int, default=2000)
+    evaluate.add_argument("--bootstrap-seed", type=int, default=0)
     return parser
 
 
@@ -106,10 +134,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from abalone_trainer.evaluate import evaluate
 
     return evaluate(
-        load_staged(args.manifest_uri, splits=("test",)),
+        # The baselines are fitted on the training rows; nothing is fitted on the test rows.
+        load_staged(args.manifest_uri, splits=("train", "test")),
         candidate_model_uri=args.candidate_model_uri,
+        candidate_run_id=args.candidate_run_id,
         model_name=args.model_name,
         alias=args.alias,
+        slices=args.slices,
+        resamples=args.bootstrap_resamples,
+        seed=args.bootstrap_seed,
         tracking_uri=args.tracking_uri,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict
@@ -119,6 +120,8 @@ def train_and_log(
         tracking.IDEMPOTENCY_TAG: idempotency_key,
         "abalone.dataset_id": data.dataset_id,
         "abalone.manifest_uri": data.manifest_uri,
+        # Baked into the image at build time (see trainer/Dockerfile); absent when run from a checkout.
+        **({"abalone.code_revision": revision} if (revision := os.environ.get("ABALONE_CODE_REVISION")) else {}),
         **(tags or {}),
     }
     with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
@@ -166,6 +169,7 @@ def _result_from_run(run, *, reused: bool, model_uri: str | None = None) -> dict
         "experiment_id": run.info.experiment_id,
         "model_uri": model_uri or run.data.tags["abalone.model_uri"],
         "dataset_id": run.data.tags["abalone.dataset_id"],
+        "code_revision": run.data.tags.get("abalone.code_revision"),
         "metrics": {name: metrics[name] for name in ("test_rmse", "test_mae", "test_r2", "test_mse")},
         "reused": reused,
     }

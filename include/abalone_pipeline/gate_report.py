@@ -1,0 +1,95 @@
+"""The gate's decision as a readable Markdown report, logged beside its JSON on the candidate's run."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from abalone_pipeline.gate import Decision
+
+
+def _f(value: Any, signed: bool = False) -> str:
+    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a" if value is None else str(value)
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _interval(comparison: dict[str, Any] | None, level: str) -> str:
+    if not comparison:
+        return "n/a"
+    low, high = comparison["intervals"].get(level, (None, None))
+    return f"[{_f(low, True)}, {_f(high, True)}]"
+
+
+def render(decision: Decision, evaluation: dict[str, Any], context: dict[str, str] | None = None) -> str:
+    """The report: verdict, every rule, and candidate vs champion overall and per slice with intervals."""
+    candidate, champion = evaluation["candidate"], evaluation.get("champion")
+    comparison = evaluation.get("comparison") or {}
+    level = str(decision.policy.get("confidence", 0.95))
+    champion_name = f"champion v{champion['version']}" if champion else "champion (none)"
+    lines = [
+        f"# Gate decision: {decision.verdict.upper()}",
+        "",
+        decision.summary(),
+        "",
+    ]
+    if context:
+        lines += [*(f"- **{key}**: {value}" for key, value in context.items()), ""]
+    lines += [
+        f"Dataset `{evaluation['dataset_id']}`, {evaluation['test_rows']} test rows; paired bootstrap "
+        f"of RMSE(candidate) - RMSE(champion), {evaluation.get('bootstrap', {}).get('resamples', '?')} resamples, "
+        f"{float(level):.0%} intervals. Negative differences favour the candidate.",
+        "",
+        "## Rules",
+        "",
+        "| rule | result | observed | threshold | finding |",
+        "|---|---|---|---|---|",
+    ]
+    for check in decision.checks:
+        result = "pass" if check.passed else "FAIL"
+        if not check.applied:
+            result = "n/a"
+        lines.append(
+            f"| {check.rule} | {result} | {_f(check.observed)} | {_f(check.threshold)} | "
+            f"{check.detail.replace('|', '/')} |"
+        )
+    lines += [
+        "",
+        f"## Candidate vs {champion_name}",
+        "",
+        "| slice | rows | candidate RMSE | champion RMSE | difference | interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    champion_metrics = (champion or {}).get("metrics") or {}
+    overall = comparison.get("overall")
+    lines.append(
+        f"| all | {evaluation['test_rows']} | {_f(candidate['metrics'].get('test_rmse'))} | "
+        f"{_f(champion_metrics.get('test_rmse'))} | {_f(overall and overall['rmse_diff'], True)} | "
+        f"{_interval(overall, level)} |"
+    )
+    for name, metrics in candidate.get("slices", {}).items():
+        champion_slice = ((champion or {}).get("slices") or {}).get(name, {})
+        slice_comparison = comparison.get("slices", {}).get(name)
+        lines.append(
+            f"| {name} | {metrics.get('rows', '')} | {_f(metrics.get('rmse'))} | {_f(champion_slice.get('rmse'))} | "
+            f"{_f(slice_comparison and slice_comparison['rmse_diff'], True)} | "
+            f"{_interval(slice_comparison, level)} |"
+        )
+    lines += ["", "## Baselines and history", "", "| reference | test RMSE |", "|---|---|"]
+    lines.append(f"| candidate | {_f(candidate['metrics'].get('test_rmse'))} |")
+    for name, metrics in evaluation.get("baselines", {}).items():
+        lines.append(f"| {name} baseline (fitted on the training rows) | {_f(metrics.get('test_rmse'))} |")
+    prior = evaluation.get("prior_runs") or {}
+    if prior.get("count"):
+        lines.append(f"| median of {prior['count']} recent runs ({prior['basis']}) | {_f(prior['median_test_rmse'])} |")
+        lines.append(f"| best of those runs | {_f(prior.get('best_test_rmse'))} |")
+    if champion and champion.get("error"):
+        lines += ["", f"Champion v{champion['version']} could not be scored: `{champion['error']}`"]
+    lines += ["", "## Policy", "", "```json", _json(decision.policy), "```", ""]
+    return "\n".join(lines)
+
+
+def _json(data: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(data, indent=2, sort_keys=True)
