@@ -72,7 +72,7 @@ container_defaults = {
             100, type="integer", minimum=1, maximum=1000, title="Epochs", description="Maximum training epochs."
         ),
         "batch_size": Param(
-            32, type="integer", minimum=1, maximum=4096, title="Batch size", description="Mini-batch size."
+            64, type="integer", minimum=1, maximum=4096, title="Batch size", description="Mini-batch size."
         ),
         "learning_rate": Param(
             1e-3,

@@ -34,7 +34,7 @@ class GatePolicy:
     min_improvement: float = 0.0
     min_relative_improvement: float = 0.0
     # No slice (Sex, age band) may get worse than the champion's by more than this.
-    slice_tolerance: float = 0.25
+    slice_tolerance: float = 0.1
     # How the paired bootstrap interval of RMSE(candidate) - RMSE(champion) is used.
     statistical_rule: str = "reject_significantly_worse"
     confidence: float = 0.95

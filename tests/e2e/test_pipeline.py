@@ -91,7 +91,7 @@ def test_staged_objects_match_their_manifest(first_run, s3):
 def test_the_mlflow_run_records_everything(first_run, client, s3):
     (run,) = runs(client)
     assert run.info.status == "FINISHED"
-    assert run.data.params["epochs"] == "40" and run.data.params["batch_size"] == "32"
+    assert run.data.params["epochs"] == "40" and run.data.params["batch_size"] == "64"
     assert {"test_rmse", "test_mae", "test_r2", "test_mse"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == run.data.metrics["epochs_run"] > 1
     contexts = {t.value for d in run.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from abalone_pipeline import operators, results, staging
+import pytest
+
+from abalone_pipeline import gate, operators, results, staging
+from abalone_pipeline.config import PROJECT_ROOT
 from abalone_trainer import cli, defaults
 
 
@@ -22,3 +25,27 @@ def test_bad_input_prefix_is_what_the_trainer_prints():
 
 def test_test_metric_names_agree():
     assert set(results.TEST_METRICS) == {f"test_{name}" for name in ("rmse", "mae", "r2", "mse")}
+
+
+def test_the_forms_hyperparameter_defaults_are_the_trainers(monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    # mlflow.set_tracking_uri (in earlier trainer tests) exports a sqlite URI, which the DAG's config refuses.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
+    assert dagbag.import_errors == {}
+    params = dagbag.dags["abalone_retraining"].params
+    trainer = defaults.HyperParams()
+    assert (params["epochs"], params["batch_size"], params["learning_rate"]) == (
+        trainer.epochs,
+        trainer.batch_size,
+        pytest.approx(trainer.learning_rate),
+    )
+
+
+def test_slice_and_confidence_settings_are_what_the_trainer_accepts():
+    from abalone_pipeline.config import Settings
+    from abalone_trainer import stats
+
+    assert cli._slices(Settings().eval_slices) == stats.SliceSpec()
+    assert gate.CONFIDENCE_LEVELS == stats.CONFIDENCE_LEVELS

@@ -15,7 +15,8 @@ import numpy as np
 from abalone_trainer import tracking
 from abalone_trainer.data import StagedData, to_features, to_labels
 from abalone_trainer.defaults import FEATURES, LABEL, HyperParams
-from abalone_trainer.model import as_dataset, build_model, predict, regression_metrics
+from abalone_trainer.model import as_dataset, build_model, predict
+from abalone_trainer.stats import regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,11 @@ def seed_everything(seed: int) -> None:
 
 
 def fit(data: StagedData, hparams: HyperParams, on_epoch_end=None):
-    """Train on ``train``, early-stop on ``validation``; return the model (best weights restored) and history."""
+    """Train on ``train``, early-stop on ``validation``; return the model (best weights restored) and history.
+
+    The learning rate halves after ``patience // 2`` epochs without a better validation loss, so a run
+    gets to try a smaller step before early stopping ends it.
+    """
     import keras
 
     seed_everything(hparams.seed)
@@ -40,7 +45,10 @@ def fit(data: StagedData, hparams: HyperParams, on_epoch_end=None):
     val_x, val_y = to_features(data.frames["validation"]), to_labels(data.frames["validation"])
     model = build_model(train_x, hparams, label_mean=float(train_y.mean()))
     train_ds = as_dataset(train_x, train_y, batch_size=hparams.batch_size, shuffle_seed=hparams.seed)
-    callbacks = [keras.callbacks.EarlyStopping(patience=hparams.patience, restore_best_weights=True)]
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(factor=0.5, patience=max(1, hparams.patience // 2), min_lr=1e-5),
+        keras.callbacks.EarlyStopping(patience=hparams.patience, restore_best_weights=True),
+    ]
     if on_epoch_end is not None:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end))
     history = model.fit(
