@@ -46,8 +46,8 @@ test-fast: venv
 	$(PY) -m pytest -m "not e2e"
 
 lint: venv
-	$(VENV)/bin/ruff check dags include plugins tests trainer
-	$(VENV)/bin/ruff format --check dags include plugins tests trainer
+	$(VENV)/bin/ruff check bench dags include plugins tests trainer
+	$(VENV)/bin/ruff format --check bench dags include plugins tests trainer
 
 stop:
 	@if [ -f .local/mlflow/server.pid ]; then kill $$(cat .local/mlflow/server.pid) 2>/dev/null || true; rm -f .local/mlflow/server.pid; fi

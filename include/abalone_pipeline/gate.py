@@ -141,7 +141,8 @@ class Decision:
             head = "PROMOTE" if self.promote else "REJECT"
         if failed:
             return f"{head}: failed {', '.join(c.rule for c in failed)}: " + "; ".join(c.detail for c in failed)
-        return f"{head}: all {len(self.checks)} rules passed"
+        applied = sum(check.applied for check in self.checks)
+        return f"{head}: all {applied} applicable rules passed"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Decision:

@@ -39,8 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     champion = current_version(client, args.model_name, settings.champion_alias)
     previous = current_version(client, args.model_name, settings.previous_alias)
     print(
-        f"\n{args.model_name}@{settings.champion_alias} = v{champion or '-'}; "
-        f"@{settings.previous_alias} = v{previous or '-'}"
+        f"\n{args.model_name}@{settings.champion_alias} = {f'v{champion}' if champion else 'unset'}; "
+        f"@{settings.previous_alias} = {f'v{previous}' if previous else 'unset'}"
     )
     return 0
 
