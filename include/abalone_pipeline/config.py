@@ -63,6 +63,11 @@ def _policy(env: Mapping[str, str], name: str, default: GatePolicy) -> GatePolic
         raise ConfigError(f"{name} is not a valid gate policy: {exc}") from None
 
 
+# What the trainer's --slices accepts (abalone_trainer.cli._slices); checked here so a typo fails the import.
+_SLICE = r"(sex|rings:\d+(,\d+)*)"
+SLICES_PATTERN = rf"none|{_SLICE}(;{_SLICE})*"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything that differs between the embedded default and production."""
@@ -159,7 +164,12 @@ class Settings:
                 raise ConfigError(f"{name}={alias!r} is reserved by MLflow or not a valid alias; use e.g. champion")
         if self.champion_alias == self.previous_alias:
             raise ConfigError("ABALONE_CHAMPION_ALIAS and ABALONE_PREVIOUS_ALIAS must differ")
-        if not 100 <= self.bootstrap_resamples <= 100_000:
+        if not 1000 <= self.bootstrap_resamples <= 100_000:
             raise ConfigError(
-                f"ABALONE_BOOTSTRAP_RESAMPLES must be between 100 and 100000, got {self.bootstrap_resamples}"
+                f"ABALONE_BOOTSTRAP_RESAMPLES must be between 1000 and 100000, got {self.bootstrap_resamples}"
+            )
+        if not re.fullmatch(SLICES_PATTERN, self.eval_slices):
+            raise ConfigError(
+                f"ABALONE_EVAL_SLICES={self.eval_slices!r}: use 'sex', 'rings:<increasing upper edges>', "
+                "both joined by ';' (e.g. sex;rings:7,11), or 'none'"
             )

@@ -109,7 +109,7 @@ class Check:
 class Decision:
     promote: bool
     checks: tuple[Check, ...]
-    candidate_rmse: float
+    candidate_rmse: float | None
     champion_rmse: float | None = None
     champion_version: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
@@ -172,7 +172,12 @@ def _finite(*values: Any) -> bool:
 
 
 def _f(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    return f"{value:.4f}" if _finite(value) else "n/a"
+
+
+def _s(value: float | None) -> str:
+    """Signed, for differences: negative favours the candidate."""
+    return f"{value:+.4f}" if _finite(value) else "n/a"
 
 
 def _baseline_checks(rmse: float, baselines: dict[str, Any], policy: GatePolicy) -> list[Check]:
@@ -183,7 +188,7 @@ def _baseline_checks(rmse: float, baselines: dict[str, Any], policy: GatePolicy)
             checks.append(Check(f"baseline:{name}", False, f"the {name} baseline has no finite test_rmse ({baseline})"))
             continue
         limit = baseline - policy.baseline_margin
-        passed = rmse <= limit
+        passed = _finite(rmse) and rmse <= limit
         checks.append(
             Check(
                 f"baseline:{name}",
@@ -214,9 +219,11 @@ def _champion_checks(
         ]
     checks = []
     required = max(policy.min_improvement, policy.min_relative_improvement * champion_rmse)
-    gain = champion_rmse - rmse
-    passed = gain > 0 and gain >= required
-    if gain > 0:
+    gain = champion_rmse - rmse if _finite(rmse) else None
+    passed = gain is not None and gain > 0 and gain >= required
+    if gain is None:
+        detail = f"the candidate has no finite test_rmse to compare with champion v{version} {_f(champion_rmse)}"
+    elif gain > 0:
         detail = f"test_rmse {_f(rmse)} is better than champion v{version} {_f(champion_rmse)} by {_f(gain)}"
     elif gain == 0:
         detail = f"test_rmse {_f(rmse)} ties champion v{version}: a tie keeps the champion"
@@ -226,10 +233,8 @@ def _champion_checks(
 
     overall = comparison["overall"]
     level = str(policy.confidence)
-    low, high = overall["intervals"].get(level, (math.nan, math.nan))
-    interval = (
-        f"RMSE difference {overall['rmse_diff']:+.4f}, {policy.confidence:.0%} interval [{low:+.4f}, {high:+.4f}]"
-    )
+    low, high = overall["intervals"].get(level, (None, None))
+    interval = f"RMSE difference {_s(overall['rmse_diff'])}, {policy.confidence:.0%} interval [{_s(low)}, {_s(high)}]"
     if policy.statistical_rule == "off":
         checks.append(Check("significance", True, f"{interval}; statistical rule off", applied=False))
     elif not _finite(low, high):
@@ -259,13 +264,13 @@ def _champion_checks(
 
     for name, slice_comparison in sorted(comparison["slices"].items()):
         diff = slice_comparison["rmse_diff"]
-        low, high = slice_comparison["intervals"].get(level, (math.nan, math.nan))
+        low, high = slice_comparison["intervals"].get(level, (None, None))
         passed = _finite(diff) and diff <= policy.slice_tolerance
         checks.append(
             Check(
                 f"slice:{name}",
                 passed,
-                f"{name}: RMSE difference {diff:+.4f} [{low:+.4f}, {high:+.4f}] "
+                f"{name}: RMSE difference {_s(diff)} [{_s(low)}, {_s(high)}] "
                 f"{'within' if passed else 'beyond'} the slice tolerance {_f(policy.slice_tolerance)}",
                 diff,
                 policy.slice_tolerance,
@@ -278,12 +283,14 @@ def _prior_runs_check(rmse: float, prior: dict[str, Any], policy: GatePolicy) ->
     count, median = prior.get("count", 0), prior.get("median_test_rmse")
     if policy.prior_runs_tolerance is None:
         return Check("prior_runs", True, "prior-runs rule off", applied=False)
-    if count < policy.min_prior_runs or not _finite(median):
+    if count < policy.min_prior_runs:
         return Check(
             "prior_runs", True, f"{count} prior runs (< {policy.min_prior_runs}): rule not applied", applied=False
         )
+    if not _finite(median):
+        return Check("prior_runs", False, f"the median test_rmse of {count} prior runs is not a finite number")
     limit = median + policy.prior_runs_tolerance
-    passed = rmse <= limit
+    passed = _finite(rmse) and rmse <= limit
     return Check(
         "prior_runs",
         passed,
@@ -291,6 +298,19 @@ def _prior_runs_check(rmse: float, prior: dict[str, Any], policy: GatePolicy) ->
         f"({prior.get('basis')}) + {_f(policy.prior_runs_tolerance)}",
         rmse,
         limit,
+    )
+
+
+def _ceiling_check(rmse: float | None, policy: GatePolicy) -> Check:
+    if rmse is None:
+        return Check("ceiling", False, "the candidate's test_rmse is not a finite number", None, policy.max_rmse)
+    passed = rmse <= policy.max_rmse
+    return Check(
+        "ceiling",
+        passed,
+        f"test_rmse {_f(rmse)} {'is within' if passed else 'exceeds'} the ceiling {_f(policy.max_rmse)}",
+        rmse,
+        policy.max_rmse,
     )
 
 
@@ -308,9 +328,9 @@ def decide(
     whatever the rules say, except a candidate whose own metrics are not finite: that model cannot serve.
     """
     metrics = evaluation["candidate"]["metrics"]
-    rmse = metrics.get("test_rmse", math.nan)
+    rmse = metrics.get("test_rmse") if _finite(metrics.get("test_rmse")) else None
     non_finite = evaluation["candidate"].get("non_finite_predictions", 0)
-    finite = _finite(*metrics.values()) and "test_rmse" in metrics and not non_finite
+    finite = _finite(*metrics.values()) and rmse is not None and not non_finite
     checks = [
         Check(
             "metrics_finite",
@@ -319,14 +339,7 @@ def decide(
             if finite
             else f"the candidate's test metrics are missing or not finite ({metrics}); it cannot be scored",
         ),
-        Check(
-            "ceiling",
-            _finite(rmse) and rmse <= policy.max_rmse,
-            f"test_rmse {_f(rmse)} {'is within' if rmse <= policy.max_rmse else 'exceeds'} the ceiling "
-            f"{_f(policy.max_rmse)}",
-            rmse,
-            policy.max_rmse,
-        ),
+        _ceiling_check(rmse, policy),
         *_baseline_checks(rmse, evaluation.get("baselines") or {}, policy),
     ]
     champion = evaluation.get("champion")

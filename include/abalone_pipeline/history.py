@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from abalone_pipeline.config import Settings
 from abalone_pipeline.registry import current_version, history, mlflow_client
 
-COLUMNS = ("when", "event", "version", "replaced", "airflow_run", "dataset", "by", "why")
+COLUMNS = ("when", "event", "version", "replaced", "airflow_run", "mlflow_run", "dataset", "by", "why")
 
 
 def format_table(events: list[dict], width: int = 60) -> str:

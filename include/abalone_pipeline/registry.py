@@ -7,6 +7,7 @@ what it replaced) and on the registered model (each rollback), so ``history`` ca
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -168,11 +169,9 @@ def apply_decision(
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None
         tags = {
             **audit_tags,
-            TAG_DECISION: decision.verdict,
             TAG_REASONS: summary,
             TAG_REPORT: f"runs:/{run_id}/{REPORT_MARKDOWN}",
             TAG_PREVIOUS_CHAMPION: current or "none",
-            TAG_PROMOTED_AT: now(),
         }
         if decision.forced:
             tags |= {TAG_FORCED_BY: decision.forced_by or "unknown", TAG_FORCE_REASON: decision.force_reason or ""}
@@ -186,15 +185,29 @@ def apply_decision(
             client.set_registered_model_alias(model_name, previous_alias, current)
         client.set_registered_model_alias(model_name, alias, number)
         log.info("moved %s@%s from %s to v%s", model_name, alias, f"v{current}" if current else "(unset)", number)
-    client.set_tag(run_id, TAG_VERSION, number)
-    client.set_tag(run_id, TAG_REASONS, summary)
-    client.set_tag(run_id, TAG_DECISION, decision.verdict)
+    from mlflow.entities import RunTag
+
+    # One call, straight after the move: from here on the candidate counts as decided, so a later retry
+    # of this task cannot move the alias forward again over a rollback made in between.
+    client.log_batch(
+        run_id,
+        tags=[RunTag(TAG_VERSION, number), RunTag(TAG_REASONS, summary), RunTag(TAG_DECISION, decision.verdict)],
+    )
+    # The version counts as promoted (for ``history``) only once the alias has moved to it.
+    if TAG_DECISION not in (version.tags or {}):
+        client.set_model_version_tag(model_name, number, TAG_PROMOTED_AT, now())
+        client.set_model_version_tag(model_name, number, TAG_DECISION, decision.verdict)
     return {"promoted": True, "verdict": decision.verdict, "version": number, "champion_version": number}
 
 
 def rollback_tag(key: str) -> str:
-    """The registered-model tag that records the rollback made by one Airflow run (MLflow-legal characters)."""
-    return ROLLBACK_TAG_PREFIX + re.sub(r"[^A-Za-z0-9_.\-/ ]", "-", key)[:200]
+    """The registered-model tag that records the rollback made by one Airflow run.
+
+    MLflow-legal characters only; a digest of the whole key keeps two run ids that differ only in the
+    replaced characters (or beyond the length cut) apart.
+    """
+    readable = re.sub(r"[^A-Za-z0-9_.\-/ ]", "-", key)[:150]
+    return f"{ROLLBACK_TAG_PREFIX}{readable}.{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def rollback(
@@ -224,19 +237,27 @@ def rollback(
         model = client.get_registered_model(model_name)
     except MlflowException as exc:
         raise RollbackError(f"registered model {model_name} does not exist: {exc.message}") from exc
+    current = current_version(client, model_name, alias)
     if tag in model.tags:
         plan = json.loads(model.tags[tag])
         if plan["status"] == "done":
             log.info("rollback %s already done: %s@%s -> v%s", key, model_name, alias, plan["to"])
             return {**plan, "already_done": True}
+        if current not in (plan["from"], plan["to"]):
+            raise RollbackError(
+                f"{model_name}@{alias} moved to v{current} while this rollback (v{plan['from']} -> v{plan['to']}) "
+                "was interrupted; not overwriting it. Trigger a new rollback if it is still wanted."
+            )
         log.info("resuming rollback %s: %s@%s -> v%s", key, model_name, alias, plan["to"])
     else:
-        current = current_version(client, model_name, alias)
         target = to_version or current_version(client, model_name, previous_alias)
         if target is None:
             raise RollbackError(
                 f"{model_name}@{previous_alias} is not set, so there is no previous champion; name a version"
             )
+        if str(target) == current:
+            log.info("%s v%s is already %s@%s; nothing to roll back", model_name, target, model_name, alias)
+            return {"from": current, "to": current, "status": "unchanged", "already_done": True}
         try:
             restored = client.get_model_version(model_name, target)
         except MlflowException as exc:
@@ -284,7 +305,8 @@ def history(client, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
         events.append(
             {
                 "when": tags.get(TAG_PROMOTED_AT, ""),
-                "order": version.creation_timestamp or 0,
+                # The worker's clock for both kinds of event, so they interleave correctly.
+                "order": _epoch_ms(tags.get(TAG_PROMOTED_AT, "")),
                 "event": tags[TAG_DECISION],
                 "version": str(version.version),
                 "replaced": tags.get(TAG_PREVIOUS_CHAMPION),

@@ -27,19 +27,23 @@ def extract(lines: list[str] | str | None, marker: str = RESULT_MARKER) -> str |
 
 
 def _number(value: Any, where: str, *, optional: bool = False) -> float | None:
-    """A JSON number as float. NaN and infinities pass: the gate rejects them with a reason."""
+    """A JSON number as float; NaN and infinities become None.
+
+    XCom is JSON without NaN, and the gate must see such a value to reject the candidate with a reason
+    rather than have the task fail on it: None is how "not a finite number" travels.
+    """
     if value is None and optional:
         return None
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise ResultError(f"{where} must be a number, got {value!r}")
-    return float(value)
+    return float(value) if math.isfinite(value) else None
 
 
-def _metrics(value: Any, where: str, names: tuple[str, ...] = TEST_METRICS) -> dict[str, float]:
-    """Named metrics; a missing one becomes NaN (and a reason to reject), a non-number is malformed."""
+def _metrics(value: Any, where: str, names: tuple[str, ...] = TEST_METRICS) -> dict[str, float | None]:
+    """Named metrics; a missing or non-finite one is None (a reason to reject), a non-number is malformed."""
     if not isinstance(value, dict):
         raise ResultError(f"{where} must be an object of metrics")
-    return {name: math.nan if value.get(name) is None else _number(value[name], f"{where}.{name}") for name in names}
+    return {name: _number(value.get(name), f"{where}.{name}", optional=True) for name in names}
 
 
 def _slices(value: Any, where: str) -> dict[str, dict[str, float]]:
@@ -55,12 +59,12 @@ def _comparison(value: Any, where: str) -> dict[str, Any]:
     if not isinstance(value, dict) or not isinstance(value.get("intervals"), dict):
         raise ResultError(f"{where} must hold rmse_diff, intervals and p_better")
     return {
-        "rmse_diff": _number(value.get("rmse_diff"), f"{where}.rmse_diff"),
+        "rmse_diff": _number(value.get("rmse_diff"), f"{where}.rmse_diff", optional=True),
         "intervals": {
-            str(level): [_number(bound, f"{where}.intervals.{level}") for bound in bounds]
+            str(level): [_number(bound, f"{where}.intervals.{level}", optional=True) for bound in bounds]
             for level, bounds in value["intervals"].items()
         },
-        "p_better": _number(value.get("p_better"), f"{where}.p_better"),
+        "p_better": _number(value.get("p_better"), f"{where}.p_better", optional=True),
     }
 
 

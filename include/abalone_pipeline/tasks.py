@@ -63,7 +63,8 @@ def check_run_options(settings: Settings, params: dict[str, Any]) -> None:
 
 def triggered_by(dag_run) -> str:
     """Who started the run: the UI or API user, or the scheduler."""
-    return getattr(dag_run, "triggering_user_name", None) or f"airflow ({dag_run.run_type})"
+    run_type = getattr(dag_run.run_type, "value", dag_run.run_type)  # the Task SDK gives an enum
+    return getattr(dag_run, "triggering_user_name", None) or f"airflow ({run_type})"
 
 
 def judge(settings: Settings, evaluation: dict[str, Any], params: dict[str, Any], dag_run) -> dict[str, Any]:

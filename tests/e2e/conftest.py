@@ -177,7 +177,7 @@ def airflow(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Airf
     }
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    for pool in ("gpu", "mlflow_registry"):  # as scripts/run-local.sh and the compose stack create them
+    for pool in ("gpu", "mlflow_registry"):  # as scripts/run-local.sh and docker-compose.yaml create them
         created = subprocess.run([str(BIN / "airflow"), "pools", "set", pool, "1", pool], env=env, capture_output=True)
         assert created.returncode == 0, created.stderr[-3000:]
     return Airflow(env=env)

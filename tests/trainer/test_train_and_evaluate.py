@@ -219,3 +219,24 @@ def test_a_killed_training_is_marked_and_the_retry_trains_afresh(small_manifest_
     assert not result["reused"] and result["run_id"] != killed_id
     assert client.get_run(killed_id).info.status == "KILLED"
     assert client.get_run(result["run_id"]).info.status == "FINISHED"
+
+
+class NaNModel(mlflow.pyfunc.PythonModel):
+    """A champion that loads but predicts NaN: as unusable as one that does not load."""
+
+    def predict(self, context, model_input, params=None):
+        return [float("nan")] * len(model_input)
+
+
+def test_a_champion_predicting_nan_is_unscorable_and_a_nan_run_is_no_prior(trained, tracking_uri):
+    data, result = trained
+    client = MlflowClient(tracking_uri)
+    with mlflow.start_run(experiment_id=result["experiment_id"]) as run:
+        info = mlflow.pyfunc.log_model(name="model", python_model=NaNModel())
+        mlflow.log_metric("test_rmse", float("nan"))
+    client.create_registered_model("abalone-test")
+    version = client.create_model_version("abalone-test", info.model_uri, run_id=run.info.run_id)
+    client.set_registered_model_alias("abalone-test", "champion", version.version)
+    evaluation = run_evaluate(data, result, tracking_uri)
+    assert "non-finite values for" in evaluation["champion"]["error"] and evaluation["comparison"] is None
+    assert evaluation["prior_runs"]["count"] == 0, "the NaN run must not count, nor make the median NaN"

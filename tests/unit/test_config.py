@@ -55,7 +55,9 @@ def test_mlflow_tracking_uri_is_a_fallback():
         ("ABALONE_GATE_POLICY", "[1]", "expected a JSON object"),
         ("ABALONE_PREVIOUS_ALIAS", "champion", "must differ"),
         ("ABALONE_PREVIOUS_ALIAS", "prev alias", "not a valid alias"),
-        ("ABALONE_BOOTSTRAP_RESAMPLES", "10", "between 100 and 100000"),
+        ("ABALONE_BOOTSTRAP_RESAMPLES", "999", "between 1000 and 100000"),
+        ("ABALONE_EVAL_SLICES", "sex,rings", "ABALONE_EVAL_SLICES='sex,rings'"),
+        ("ABALONE_EVAL_SLICES", "rings:", "rings:<increasing upper edges>"),
         ("ABALONE_MLFLOW_TRACKING_URI", "sqlite:///x.db", "http\\(s\\)"),
         ("ABALONE_OBJECT_STORE_URI", "gs://bucket", "s3://bucket/prefix"),
         ("ABALONE_TASK_RETRIES", "many", "not a whole number"),
@@ -65,3 +67,8 @@ def test_mlflow_tracking_uri_is_a_fallback():
 def test_malformed_settings_name_the_variable(name, value, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env({name: value})
+
+
+@pytest.mark.parametrize("slices", ["none", "sex", "rings:7,11", "sex;rings:5", "rings:9;sex"])
+def test_slice_settings_the_trainer_accepts_pass(slices):
+    assert Settings.from_env({"ABALONE_EVAL_SLICES": slices}).eval_slices == slices

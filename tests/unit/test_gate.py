@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -42,7 +43,7 @@ def evaluation(
             "model_uri": "models:/m-candidate",
             "run_id": "run-candidate",
             "metrics": metrics(candidate),
-            "slices": {name: {"rmse": candidate + diff, "rows": 100} for name, diff in diffs.items()},
+            "slices": {name: {"rmse": candidate + (diff or 0), "rows": 100} for name, diff in diffs.items()},
         },
         "champion": None,
         "comparison": None,
@@ -57,7 +58,10 @@ def evaluation(
             result["champion"] |= {"metrics": metrics(champion), "slices": {n: {"rmse": champion} for n in SLICES}}
             result["comparison"] = {
                 "overall": comparison(candidate - champion, *interval),
-                "slices": {name: comparison(diff, diff - 0.1, diff + 0.1) for name, diff in diffs.items()},
+                "slices": {
+                    name: comparison(diff, diff - 0.1, diff + 0.1) if diff is not None else comparison(None, None, None)
+                    for name, diff in diffs.items()
+                },
             }
     return result
 
@@ -110,14 +114,27 @@ def test_a_minimum_improvement_turns_a_small_gain_into_a_rejection():
     assert failed(decide(small_gain, GatePolicy(min_relative_improvement=0.01))) == ["improvement"]
 
 
-@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("bad", [None, math.nan, math.inf])
 def test_non_finite_metrics_are_rejected_and_cannot_be_forced(bad):
-    broken = evaluation(bad, 2.12)
+    broken = evaluation(2.05, 2.12)
+    broken["candidate"]["metrics"]["test_rmse"] = bad  # None is how results.py hands NaN and inf over
     decision = decide(broken, POLICY)
-    assert not decision.promote and "metrics_finite" in failed(decision)
+    assert not decision.promote
+    assert {"metrics_finite", "ceiling", "baseline:mean", "baseline:linear", "improvement"} <= set(failed(decision))
+    assert "not a finite number" in decision.summary()
     forced = decide(broken, POLICY, force_reason="ship it", forced_by="alice")
     assert not forced.promote
     assert "refused" in forced.summary()
+    json.dumps(forced.to_dict(), allow_nan=False)  # it travels through XCom
+
+
+def test_a_nan_comparison_or_prior_median_fails_its_rule_with_a_reason():
+    source = evaluation(2.05, 2.12, prior=(5, None), slice_diffs={"sex=F": None})
+    source["comparison"]["overall"]["intervals"]["0.95"] = [None, None]
+    decision = decide(source, POLICY)
+    assert {"significance", "slice:sex=F", "prior_runs"} <= set(failed(decision))
+    assert "median test_rmse of 5 prior runs is not a finite number" in decision.summary()
+    json.dumps(decision.to_dict(), allow_nan=False)
 
 
 def test_a_missing_metric_is_rejected():

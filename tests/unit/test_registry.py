@@ -222,3 +222,40 @@ def test_history_replays_promotions_and_rollbacks(client, three_promotions):
     ]
     assert events[-1]["by"] == "alice" and events[-1]["why"] == "v2 misbehaves in production"
     assert history(client, "no-such-model") == []
+
+
+def test_a_promote_retry_after_a_rollback_does_not_move_the_alias_forward(client):
+    promote(client, candidate(client))
+    second = candidate(client)
+    promote(client, second, champion="1")
+    roll_back(client)  # an operator restores v1 before anyone retries run 2's promote task
+    again = promote(client, second, champion="1")
+    assert again["already_decided"] and current_version(client, NAME, ALIAS) == "1"
+
+
+def test_an_interrupted_rollback_refuses_to_overwrite_a_newer_promotion(client, three_promotions):
+    plan = {"at": "2026-11-26T00:00:00+00:00", "from": "3", "to": "2", "previous_after": "1", "by": "alice"}
+    plan |= {"reason": "r", "airflow_run": "rollback/r1", "status": "started"}
+    client.set_registered_model_tag(NAME, rollback_tag("rollback/r1"), json.dumps(plan))
+    promote(client, candidate(client), champion="3")  # v4 is promoted while the rollback waits for its retry
+    with pytest.raises(RollbackError, match="moved to v4 while this rollback"):
+        roll_back(client)
+    assert current_version(client, NAME, ALIAS) == "4"
+
+
+def test_rolling_back_to_the_current_champion_changes_and_records_nothing(client, three_promotions):
+    outcome = roll_back(client, to_version="3")
+    assert outcome["status"] == "unchanged" and current_version(client, NAME, PREVIOUS) == "2"
+    assert not [key for key in client.get_registered_model(NAME).tags if key.startswith("abalone.rollback.")]
+
+
+def test_rollback_tags_of_similar_run_ids_do_not_collide():
+    assert rollback_tag("d/manual__2026-11-26T02:00:00+00:00") != rollback_tag("d/manual__2026-11-26T02-00-00-00-00")
+    assert len(rollback_tag("d/" + "x" * 500)) < 250
+
+
+def test_a_version_whose_alias_never_moved_is_not_in_the_history(client):
+    promote(client, candidate(client))
+    cand = candidate(client)
+    client.create_model_version(NAME, cand["model_uri"], run_id=cand["run_id"], tags={TAG_AIRFLOW_RUN: cand["airflow"]})
+    assert [event["version"] for event in history(client, NAME)] == ["1"]

@@ -30,12 +30,6 @@ def test_train_result_is_validated():
         parse_train(json.dumps({**TRAIN, "metrics": {**METRICS, "test_rmse": "2.1"}}))
 
 
-def test_non_finite_and_missing_metrics_reach_the_gate_as_nan():
-    # The gate rejects them with a reason; failing the task here would hide the reason.
-    parsed = parse_train(json.dumps({**TRAIN, "metrics": {"test_rmse": float("nan"), "test_mae": 1.0}}))
-    assert math.isnan(parsed["metrics"]["test_rmse"]) and math.isnan(parsed["metrics"]["test_mse"])
-
-
 def comparison(diff):
     return {"rmse_diff": diff, "intervals": {"0.95": [diff - 0.1, diff + 0.1]}, "p_better": 0.4}
 
@@ -77,3 +71,19 @@ def test_an_unscorable_champion_carries_its_error():
     broken = {"version": "3", "run_id": "r", "model_uri": "models:/abalone/3", "error": "OSError: gone"}
     parsed = parse_evaluation(json.dumps({**BASE, "champion": broken, "comparison": None}))
     assert parsed["champion"]["error"] == "OSError: gone" and "metrics" not in parsed["champion"]
+
+
+def test_non_finite_and_missing_metrics_reach_the_gate_as_none():
+    # The gate rejects them with a reason; failing the task here would hide the reason. XCom is JSON
+    # without NaN (the Task SDK's client refuses it), so "not finite" travels as None.
+    metrics = {"test_rmse": float("nan"), "test_mae": 1.0, "test_r2": float("-inf")}
+    parsed = parse_train(json.dumps({**TRAIN, "metrics": metrics}))
+    assert parsed["metrics"] == {"test_rmse": None, "test_mae": 1.0, "test_r2": None, "test_mse": None}
+    json.dumps(parsed, allow_nan=False)
+    payload = {
+        **BASE,
+        "candidate": {**BASE["candidate"], "metrics": metrics},
+        "champion": CHAMPION,
+        "comparison": {"overall": comparison(math.nan), "slices": {"sex=M": comparison(math.inf)}},
+    }
+    json.dumps(parse_evaluation(json.dumps(payload)), allow_nan=False)

@@ -34,6 +34,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _resamples(text: str) -> int:
+    value = int(text)
+    if value < 1000:
+        raise argparse.ArgumentTypeError(f"a bootstrap needs at least 1000 resamples, got {value}")
+    return value
+
+
 def _units(text: str) -> tuple[int, ...]:
     try:
         return tuple(_positive_int(part) for part in text.split(",") if part.strip())
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SPEC",
         help="slices to score: 'sex', 'rings:7,11' (upper edges of the age bands), both joined by ';', or 'none'",
     )
-    evaluate.add_argument("--bootstrap-resamples", type=_positive_int, default=2000)
+    evaluate.add_argument("--bootstrap-resamples", type=_resamples, default=2000, help="at least 1000")
     evaluate.add_argument("--bootstrap-seed", type=int, default=0)
     return parser
 

@@ -69,7 +69,12 @@ def prior_runs(client, candidate_run_id: str, dataset_id: str, limit: int = PRIO
             order_by=["attributes.start_time DESC"],
             max_results=limit + 1,
         )
-        runs = [run for run in runs if run.info.run_id != candidate_run_id][:limit]
+        # A NaN metric passes the ">= 0" filter in MLflow's SQL store; it must not poison the median.
+        runs = [
+            run
+            for run in runs
+            if run.info.run_id != candidate_run_id and np.isfinite(run.data.metrics.get("test_rmse", np.nan))
+        ][:limit]
         if runs:
             scores = [run.data.metrics["test_rmse"] for run in runs]
             return {
@@ -90,13 +95,18 @@ def _score_champion(champion: dict[str, Any], data: StagedData) -> np.ndarray | 
     it is raised, so the task is retried.
     """
     try:
-        return predict(champion["model_uri"], data)
+        predictions = predict(champion["model_uri"], data)
     except (RequestsConnectionError, Timeout):
         raise
     except Exception as exc:
         champion["error"] = f"{type(exc).__name__}: {exc}"[:1000]
-        log.warning("champion v%s cannot be scored: %s", champion["version"], champion["error"])
-        return None
+    else:
+        bad = int(np.sum(~np.isfinite(predictions)))
+        if not bad:
+            return predictions
+        champion["error"] = f"it predicts non-finite values for {bad} of {predictions.size} test rows"
+    log.warning("champion v%s cannot be scored: %s", champion["version"], champion["error"])
+    return None
 
 
 def evaluate(
