@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, Param, dag, task
 from docker.types import Mount
 
 from abalone_pipeline.config import Settings
@@ -42,6 +42,11 @@ TRAINER_ENV = {
 }
 STORE_MOUNTS = [Mount(target=str(root), source=str(root), type="bind")] if (root := settings.local_store_root) else []
 MANIFEST_URI = "{{ ti.xcom_pull(task_ids='stage')['manifest_uri'] }}"
+# Updated by every successful stage, with the dataset's id and manifest in the event's extra, so other
+# DAGs can be scheduled on freshly staged data.
+STAGED_DATASET = Asset(
+    name="abalone_staged_dataset", uri=f"{settings.object_store_uri}/datasets/abalone", group="abalone"
+)
 container_defaults = {
     "image": settings.trainer_image,
     "docker_url": settings.docker_url,
@@ -85,9 +90,17 @@ container_defaults = {
         "source_uri": Param(
             settings.source_uri,
             type="string",
-            pattern=r"^(s3://|file://|/)\S+$",
+            pattern=r"^(s3://|https?://|file://|/)\S+$",
             title="Source data",
-            description="The abalone CSV to stage: s3://, file:// or an absolute path on the worker.",
+            description="The abalone CSV to stage: s3://, https://, file:// or an absolute path on the worker.",
+        ),
+        "max_quarantine_fraction": Param(
+            settings.max_quarantine_fraction,
+            type="number",
+            minimum=0,
+            exclusiveMaximum=1,
+            title="Tolerated bad rows",
+            description="Share of rows that may break a row rule and be quarantined; above it the run stops.",
         ),
         "gpu": Param(
             settings.gpu, type="boolean", title="GPU", description="Give the training container the host's GPUs."
@@ -123,13 +136,17 @@ container_defaults = {
     },
 )
 def abalone_retraining():
-    @task(multiple_outputs=False)
-    def stage(params: dict | None = None) -> dict:
+    @task(multiple_outputs=False, outlets=[STAGED_DATASET])
+    def stage(params: dict | None = None, outlet_events=None) -> dict:
         """Check the run's options, validate the source and stage train/validation/test splits with a manifest."""
         from abalone_pipeline.tasks import check_run_options, stage_dataset
 
         check_run_options(settings, params)
-        return stage_dataset(settings, params["source_uri"])
+        staged = stage_dataset(settings, params["source_uri"], params["max_quarantine_fraction"])
+        outlet_events[STAGED_DATASET].extra = {
+            key: staged[key] for key in ("dataset_id", "manifest_uri", "rows", "source_sha256")
+        }
+        return staged
 
     train = TrainerContainerOperator(
         task_id="train",

@@ -82,6 +82,10 @@ class Settings:
     # Where staged data lives: s3://bucket/prefix in production, a local directory by default.
     object_store_uri: str = (PROJECT_ROOT / ".local" / "object-store").as_uri()
     source_uri: str = BUNDLED_DATA.as_uri()
+    # Larger sources are refused before download (staging holds one source in memory).
+    max_source_bytes: int = 512 * 1024 * 1024
+    # Default of the max_quarantine_fraction Param: the share of rows that may be quarantined.
+    max_quarantine_fraction: float = 0.01
     aws_conn_id: str = "aws_default"
     trainer_image: str = "abalone-trainer:latest"
     gpu: bool = False
@@ -120,6 +124,10 @@ class Settings:
             champion_alias=text("ABALONE_CHAMPION_ALIAS", default.champion_alias),
             object_store_uri=text("ABALONE_OBJECT_STORE_URI", default.object_store_uri).rstrip("/"),
             source_uri=text("ABALONE_SOURCE_URI", default.source_uri),
+            max_quarantine_fraction=_number(
+                env, "ABALONE_MAX_QUARANTINE_FRACTION", default.max_quarantine_fraction, float, "a number"
+            ),
+            max_source_bytes=_number(env, "ABALONE_MAX_SOURCE_BYTES", default.max_source_bytes, int, "a whole number"),
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
             trainer_image=text("ABALONE_TRAINER_IMAGE", default.trainer_image),
             gpu=_bool(env, "ABALONE_GPU", default.gpu),
@@ -164,6 +172,10 @@ class Settings:
                 raise ConfigError(f"{name}={alias!r} is reserved by MLflow or not a valid alias; use e.g. champion")
         if self.champion_alias == self.previous_alias:
             raise ConfigError("ABALONE_CHAMPION_ALIAS and ABALONE_PREVIOUS_ALIAS must differ")
+        if not 0 <= self.max_quarantine_fraction < 1:
+            raise ConfigError(f"ABALONE_MAX_QUARANTINE_FRACTION must be in [0, 1), got {self.max_quarantine_fraction}")
+        if self.max_source_bytes < 1:
+            raise ConfigError(f"ABALONE_MAX_SOURCE_BYTES must be positive, got {self.max_source_bytes}")
         if not 1000 <= self.bootstrap_resamples <= 100_000:
             raise ConfigError(
                 f"ABALONE_BOOTSTRAP_RESAMPLES must be between 1000 and 100000, got {self.bootstrap_resamples}"

@@ -18,8 +18,21 @@ class ObjectStoreError(Exception):
     """An object could not be read or written; the message names it. Possibly transient."""
 
 
-class MissingObject(ObjectStoreError):
-    """The object does not exist or access to it is denied: retrying will not help."""
+class PermanentError(ObjectStoreError):
+    """Retrying will not help: the task fails at once and says why."""
+
+
+class MissingObject(PermanentError):
+    """The object does not exist or access to it is denied."""
+
+
+class SourceTooLarge(PermanentError):
+    """The source is larger than the configured maximum; it is refused before it is downloaded."""
+
+
+# HTTP statuses of a source that no retry can fix; others (5xx, 429) are retried.
+PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404, 410})
+HTTP_CHUNK = 1 << 20
 
 
 # S3 error codes that no retry can fix.
@@ -108,6 +121,12 @@ class S3Store(ObjectStore):
         except Exception as exc:
             raise _s3_error(exc, "read", self.uri(key)) from exc
 
+    def size(self, key: str) -> int:
+        try:
+            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
+        except Exception as exc:
+            raise _s3_error(exc, "check", self.uri(key)) from exc
+
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 
@@ -145,15 +164,51 @@ def open_store(uri: str, s3_client_factory=None) -> ObjectStore:
     raise ObjectStoreError(f"unsupported object store {uri!r}: use s3://bucket/prefix or file:///dir")
 
 
-def read_source(uri: str, s3_client_factory=None) -> bytes:
-    """Bytes of a source file named by a local path, ``file://`` or ``s3://`` URI."""
+def _refuse_if_larger(uri: str, size: int | None, max_bytes: int | None) -> None:
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise SourceTooLarge(
+            f"source {uri} is {size:,} bytes, more than the maximum {max_bytes:,} (ABALONE_MAX_SOURCE_BYTES)"
+        )
+
+
+def _read_http(uri: str, max_bytes: int | None, timeout: float) -> bytes:
+    """GET ``uri``, refusing it by its Content-Length before the body is read, or once the body exceeds it."""
+    import requests
+
+    try:
+        with requests.get(uri, stream=True, timeout=timeout) as response:
+            if response.status_code in PERMANENT_HTTP_STATUSES:
+                raise MissingObject(f"source {uri} answered HTTP {response.status_code} {response.reason}")
+            if response.status_code >= 400:
+                raise ObjectStoreError(f"source {uri} answered HTTP {response.status_code} {response.reason}")
+            length = response.headers.get("Content-Length")
+            _refuse_if_larger(uri, int(length) if length and length.isdigit() else None, max_bytes)
+            body = bytearray()
+            for chunk in response.iter_content(HTTP_CHUNK):
+                body += chunk
+                _refuse_if_larger(uri, len(body), max_bytes)  # a server may omit or understate the length
+            return bytes(body)
+    except requests.RequestException as exc:
+        raise ObjectStoreError(f"cannot read {uri}: {exc}") from exc
+
+
+def read_source(uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60) -> bytes:
+    """Bytes of a source named by a local path, ``file://``, ``s3://`` or ``http(s)://`` URI.
+
+    A source larger than ``max_bytes`` is refused, before download where its size is known up front.
+    """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
         if not path.is_file():
             raise MissingObject(f"source {uri} does not exist or is not a file")
+        _refuse_if_larger(uri, path.stat().st_size, max_bytes)
         return path.read_bytes()
     if parsed.scheme == "s3":
         store = open_store(f"s3://{parsed.netloc}", s3_client_factory)
-        return store.get(parsed.path.lstrip("/"))
-    raise MissingObject(f"unsupported source {uri!r}: use a path, file:// or s3://")
+        key = parsed.path.lstrip("/")
+        _refuse_if_larger(uri, store.size(key), max_bytes)
+        return store.get(key)
+    if parsed.scheme in ("http", "https"):
+        return _read_http(uri, max_bytes, timeout)
+    raise MissingObject(f"unsupported source {uri!r}: use a path, file://, s3:// or https://")

@@ -7,40 +7,33 @@ import hashlib
 import io
 import json
 import logging
-import math
-import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from abalone_pipeline.objectstore import ObjectStore
+from abalone_pipeline.validation import COLUMNS, DEFAULT_POLICY, StagingError, Validated, ValidationPolicy, validate
 
 log = logging.getLogger(__name__)
 
-# The staged files' header; abalone_trainer.defaults names the same columns and checks them on read.
-COLUMNS: tuple[str, ...] = (
-    "Sex",
-    "Length",
-    "Diameter",
-    "Height",
-    "Whole_weight",
-    "Shucked_weight",
-    "Viscera_weight",
-    "Shell_weight",
-    "Rings",
-)
-SEXES = frozenset({"M", "F", "I"})
+__all__ = ["COLUMNS", "SPLITS", "SplitSpec", "StagedDataset", "StagingError", "split_rows", "stage"]
+
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MANIFEST = "manifest.json"
+QUARANTINE = "quarantine.csv"
 DATASET_PREFIX = "datasets/abalone"
 
 
-class StagingError(ValueError):
-    """The source is not usable; the message names the source, the row and the rule it broke."""
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
 class SplitSpec:
-    """How rows are assigned to splits; part of the dataset's identity."""
+    """How rows are assigned to splits; part of the dataset's identity.
+
+    Each row's split follows from a hash of the seed and the row's own content, not from its position
+    or the other rows: a row keeps its split as the data grows, so nightly evaluations stay comparable.
+    """
 
     seed: int = 42
     test_fraction: float = 0.2
@@ -64,6 +57,9 @@ class StagedDataset:
     # What this run read: the audit trail names the source and the digest of its bytes.
     source_uri: str = ""
     source_sha256: str = ""
+    # What validation found in this run's source, and where the quarantined rows are.
+    validation: dict[str, Any] = field(default_factory=dict)
+    quarantine_uri: str | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -73,61 +69,31 @@ class StagedDataset:
             "written": self.written,
             "source_uri": self.source_uri,
             "source_sha256": self.source_sha256,
+            "validation": self.validation,
+            "quarantine_uri": self.quarantine_uri,
         }
 
 
-def parse_rows(payload: bytes, source_uri: str) -> list[list[str]]:
-    """Parse and check the source: 9 columns, Sex in M/F/I, numeric measurements, integer Rings."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise StagingError(f"{source_uri} is not UTF-8 text: {exc}") from exc
-    reader = csv.reader(io.StringIO(text))
-    rows: list[list[str]] = []
-    for line_number, fields in enumerate(reader, start=1):
-        fields = [field.strip() for field in fields]
-        if not fields or fields == [""]:
-            continue
-        if line_number == 1 and fields[0].lower() == "sex":
-            continue  # a header row; the columns are positional either way
-        if len(fields) != len(COLUMNS):
-            raise StagingError(
-                f"{source_uri} line {line_number}: expected {len(COLUMNS)} columns "
-                f"({', '.join(COLUMNS)}), found {len(fields)}"
-            )
-        if fields[0] not in SEXES:
-            raise StagingError(f"{source_uri} line {line_number}: Sex must be one of M, F, I, found {fields[0]!r}")
-        for name, value in zip(COLUMNS[1:], fields[1:], strict=True):
-            try:
-                number = float(value)
-            except ValueError:
-                raise StagingError(
-                    f"{source_uri} line {line_number}: {name} must be numeric, found {value!r}"
-                ) from None
-            if not math.isfinite(number):
-                raise StagingError(f"{source_uri} line {line_number}: {name} must be finite, found {value!r}")
-        if not fields[-1].isdigit():
-            raise StagingError(f"{source_uri} line {line_number}: Rings must be a whole number, found {fields[-1]!r}")
-        rows.append(fields)
-    if not rows:
-        raise StagingError(f"{source_uri} has no data rows")
-    return rows
+def split_of(row: list[str], spec: SplitSpec) -> str:
+    """The split of one row: a uniform number from sha256(seed, row) against the split fractions."""
+    digest = hashlib.sha256(f"{spec.seed}\0{','.join(row)}".encode()).digest()
+    position = int.from_bytes(digest[:8], "big") / 2**64
+    if position < spec.test_fraction:
+        return "test"
+    if position < spec.test_fraction + spec.validation_fraction:
+        return "validation"
+    return "train"
 
 
 def split_rows(rows: list[list[str]], spec: SplitSpec) -> dict[str, list[list[str]]]:
-    """Assign rows to train / validation / test with a seeded shuffle (stable across Python versions)."""
-    order = list(range(len(rows)))
-    random.Random(spec.seed).shuffle(order)
-    n_test = round(len(rows) * spec.test_fraction)
-    n_validation = round(len(rows) * spec.validation_fraction)
-    if len(rows) - n_test - n_validation < 1 or n_test < 1 or n_validation < 1:
-        raise StagingError(f"{len(rows)} rows are too few to split into train, validation and test")
-    picks = {
-        "test": order[:n_test],
-        "validation": order[n_test : n_test + n_validation],
-        "train": order[n_test + n_validation :],
-    }
-    return {split: [rows[i] for i in sorted(indices)] for split, indices in picks.items()}
+    """Assign each row to train / validation / test by ``split_of``, keeping the source order within a split."""
+    splits: dict[str, list[list[str]]] = {split: [] for split in SPLITS}
+    for row in rows:
+        splits[split_of(row, spec)].append(row)
+    if any(not part for part in splits.values()):
+        sizes = ", ".join(f"{split}={len(part)}" for split, part in splits.items())
+        raise StagingError(f"{len(rows)} rows are too few to split into train, validation and test ({sizes})")
+    return splits
 
 
 def to_csv(rows: list[list[str]]) -> bytes:
@@ -138,55 +104,103 @@ def to_csv(rows: list[list[str]]) -> bytes:
     return buffer.getvalue().encode("utf-8")
 
 
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+def quarantine_csv(validated: Validated) -> bytes:
+    """The rows that broke a rule: their line in the source, the rule, the reason and the fields as read."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["line", "rule", "reason", "fields"])
+    for entry in validated.quarantine:
+        writer.writerow([entry["line"], entry["rule"], entry["reason"], ",".join(entry["fields"])])
+    return buffer.getvalue().encode("utf-8")
 
 
-def stage(payload: bytes, source_uri: str, store: ObjectStore, spec: SplitSpec = SplitSpec()) -> StagedDataset:
-    """Validate ``payload`` and stage its splits plus a manifest; a dataset already staged is left as it is.
+def _put(store: ObjectStore, key: str, body: bytes) -> dict[str, Any]:
+    """Create ``key`` with ``body``; an existing object with the same content counts as success."""
+    if not store.put_if_absent(key, body) and sha256(store.get(key)) != sha256(body):
+        raise StagingError(f"{store.uri(key)} exists with different content; the store was modified by hand")
+    return {"uri": store.uri(key), "key": key, "sha256": sha256(body)}
 
-    The prefix is derived from the parsed rows and the split spec, so the same data lands at the same
-    prefix whatever its source. The manifest is written last and only if absent: its presence means the
-    splits it lists are complete.
+
+def stage(
+    payload: bytes,
+    source_uri: str,
+    store: ObjectStore,
+    spec: SplitSpec = SplitSpec(),
+    policy: ValidationPolicy = DEFAULT_POLICY,
+) -> StagedDataset:
+    """Validate ``payload`` and stage its splits, its quarantine and a manifest; a staged dataset is left as it is.
+
+    The prefix is derived from the valid rows, the quarantined rows and the split spec, so the same data
+    lands at the same prefix whatever its source. The manifest is written last and only if absent: its
+    presence means the objects it lists are complete.
     """
-    rows = parse_rows(payload, source_uri)
-    canonical = to_csv(rows)
+    validated = validate(payload, source_uri, policy)
+    canonical = to_csv(validated.rows)
+    quarantine = quarantine_csv(validated) if validated.quarantine else b""
     split_json = json.dumps(
-        {"seed": spec.seed, "test_fraction": spec.test_fraction, "validation_fraction": spec.validation_fraction},
+        {
+            "method": "sha256 of seed and row",
+            "seed": spec.seed,
+            "test_fraction": spec.test_fraction,
+            "validation_fraction": spec.validation_fraction,
+        },
         sort_keys=True,
     )
-    dataset_id = sha256(canonical + b"\0" + split_json.encode())[:16]
+    dataset_id = sha256(canonical + b"\0" + quarantine + b"\0" + split_json.encode())[:16]
     prefix = f"{DATASET_PREFIX}/{dataset_id}"
     manifest_key = f"{prefix}/{MANIFEST}"
+    summary = validated.summary()
+
+    def staged(rows: dict[str, int], written: bool, quarantine_uri: str | None) -> StagedDataset:
+        return StagedDataset(
+            dataset_id,
+            store.uri(manifest_key),
+            rows,
+            written,
+            source_uri,
+            sha256(payload),
+            validation=summary,
+            quarantine_uri=quarantine_uri,
+        )
 
     if store.exists(manifest_key):
         manifest = json.loads(store.get(manifest_key))
         log.info("dataset %s is already staged at %s; not rewriting it", dataset_id, store.uri(prefix))
         rows_by_split = {split: entry["rows"] for split, entry in manifest["splits"].items()}
-        return StagedDataset(dataset_id, store.uri(manifest_key), rows_by_split, False, source_uri, sha256(payload))
+        return staged(rows_by_split, False, (manifest.get("quarantine") or {}).get("uri"))
 
-    splits = split_rows(rows, spec)
+    splits = split_rows(validated.rows, spec)
     entries = {}
     for split in SPLITS:
-        body = to_csv(splits[split])
-        key = f"{prefix}/{split}.csv"
-        if not store.put_if_absent(key, body) and sha256(store.get(key)) != sha256(body):
-            raise StagingError(f"{store.uri(key)} exists with different content; the store was modified by hand")
-        entries[split] = {"uri": store.uri(key), "key": key, "rows": len(splits[split]), "sha256": sha256(body)}
-        log.info("staged %s: %d rows, sha256 %s", store.uri(key), len(splits[split]), entries[split]["sha256"])
+        entries[split] = {**_put(store, f"{prefix}/{split}.csv", to_csv(splits[split])), "rows": len(splits[split])}
+        log.info(
+            "staged %s: %d rows, sha256 %s", entries[split]["uri"], entries[split]["rows"], entries[split]["sha256"]
+        )
+    quarantine_entry = None
+    if quarantine:
+        quarantine_entry = {**_put(store, f"{prefix}/{QUARANTINE}", quarantine), "rows": len(validated.quarantine)}
+        log.warning(
+            "quarantined %d of %d rows (%s) in %s",
+            len(validated.quarantine),
+            validated.data_rows,
+            ", ".join(f"{rule}: {count}" for rule, count in sorted(validated.counts.items())),
+            quarantine_entry["uri"],
+        )
 
     manifest = {
-        "schema_version": 1,
+        "schema_version": 2,
         "dataset_id": dataset_id,
         "source_uri": source_uri,
         "source_sha256": sha256(payload),
-        "rows": len(rows),
+        "rows": len(validated.rows),
         "columns": list(COLUMNS),
         "label": "Rings",
         "split": json.loads(split_json),
         "splits": entries,
+        "validation": {**summary, "max_quarantine_fraction": policy.max_quarantine_fraction},
+        "quarantine": quarantine_entry,
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
     log.info("manifest %s %s", store.uri(manifest_key), "written" if written else "was written by a concurrent attempt")
     rows_by_split = {split: entry["rows"] for split, entry in entries.items()}
-    return StagedDataset(dataset_id, store.uri(manifest_key), rows_by_split, written, source_uri, sha256(payload))
+    return staged(rows_by_split, written, quarantine_entry and quarantine_entry["uri"])

@@ -20,25 +20,38 @@ def _s3_client_factory(settings: Settings):
     return factory
 
 
-def stage_dataset(settings: Settings, source_uri: str) -> dict[str, Any]:
+def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: float) -> dict[str, Any]:
     """Read ``source_uri``, validate and split it, and stage it in the configured object store."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from abalone_pipeline.objectstore import MissingObject, open_store, read_source
+    from abalone_pipeline.objectstore import PermanentError, open_store, read_source
     from abalone_pipeline.staging import StagingError, stage
+    from abalone_pipeline.validation import ValidationPolicy
 
     factory = _s3_client_factory(settings)
     try:
-        payload = read_source(source_uri, factory)
-    except MissingObject as exc:
-        # A missing or forbidden source will not fix itself on retry; other store errors are retried.
+        payload = read_source(source_uri, factory, max_bytes=settings.max_source_bytes)
+    except PermanentError as exc:
+        # A missing, forbidden or oversized source will not fix itself on retry; other errors are retried.
         raise AirflowFailException(f"cannot stage: {exc}") from exc
     log.info("read %d bytes from %s", len(payload), source_uri)
     try:
-        staged = stage(payload, source_uri, open_store(settings.object_store_uri, factory))
+        policy = ValidationPolicy(max_quarantine_fraction=float(max_quarantine_fraction))
+        staged = stage(payload, source_uri, open_store(settings.object_store_uri, factory), policy=policy)
     except StagingError as exc:
         raise AirflowFailException(f"cannot stage: {exc}") from exc
     log.info("dataset %s: %s (%s)", staged.dataset_id, staged.manifest_uri, staged.rows)
+    summary = staged.validation
+    log.info(
+        "validation: %d data rows, %d valid, %d quarantined %s%s",
+        summary["data_rows"],
+        summary["valid_rows"],
+        summary["quarantined_rows"],
+        summary["quarantined_by_rule"] or "",
+        f" in {staged.quarantine_uri}" if staged.quarantine_uri else "",
+    )
+    for rule, count in summary["warnings"].items():
+        log.warning("validation warning: %s in %d rows (kept)", rule, count)
     return staged.to_xcom()
 
 

@@ -58,6 +58,8 @@ def test_retraining_dag_shape(dagbag):
     assert train.mount_tmp_dir is False and train.auto_remove == "force"
     assert isinstance(train.command, list), "the trainer command must be list-form, never a shell string"
     assert dag.get_task("promote").pool == "mlflow_registry", "promotions are serialised by a one-slot pool"
+    (asset,) = dag.get_task("stage").outlets
+    assert asset.name == "abalone_staged_dataset" and asset.uri.endswith("/datasets/abalone")
 
 
 def test_rollback_dag_is_manual_and_serialised(dagbag):
@@ -75,6 +77,7 @@ def test_rollback_dag_is_manual_and_serialised(dagbag):
         ("learning_rate", 0.01, 0),
         ("learning_rate", 0.5, 1),
         ("source_uri", "s3://bucket/abalone.csv", "ftp://host/abalone.csv"),
+        ("source_uri", "https://archive.ics.uci.edu/abalone.data", "https://"),
         ("gpu", True, "yes"),
         ("gate", {"max_rmse": 2.2}, {"max_rmse": 0}),
         ("gate", {"statistical_rule": "off", "prior_runs_tolerance": None}, {"statistical_rule": "vibes"}),

@@ -44,6 +44,9 @@ def test_the_run_holds_params_metrics_lineage_and_model(trained, tracking_uri):
     assert test_input.dataset.source and data.split_uri("test") in test_input.dataset.source
     assert test_input.dataset.digest == data.split_sha256("test")[:32]
     assert run.data.tags["airflow.run_id"] == "run-1"
+    validation = data.manifest["validation"]
+    assert run.data.metrics["data_valid_rows"] == validation["valid_rows"] == sum(len(f) for f in data.frames.values())
+    assert run.data.metrics["data_quarantined_rows"] == validation["quarantined_rows"]
     model = mlflow.pyfunc.load_model(result["model_uri"])
     predictions = model.predict(data.frames["test"][list(FEATURES)].head(3))
     assert len(predictions) == 3

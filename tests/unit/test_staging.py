@@ -6,7 +6,8 @@ import json
 import pytest
 
 from abalone_pipeline.objectstore import LocalStore
-from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, parse_rows, split_rows, stage
+from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, split_of, split_rows, stage
+from abalone_pipeline.validation import ValidationPolicy, validate
 
 
 @pytest.fixture
@@ -14,48 +15,108 @@ def store(tmp_path):
     return LocalStore(tmp_path / "store")
 
 
-def test_real_file_parses_to_4177_rows(abalone_bytes):
-    rows = parse_rows(abalone_bytes, "abalone.data")
-    assert len(rows) == 4177 and all(len(row) == len(COLUMNS) for row in rows)
+GOOD = b"F,0.5,0.4,0.1,0.6,0.2,0.1,0.2,9\n"
+HEADER = b"Sex,Length,Diameter,Height,Whole weight,Shucked weight,Viscera weight,Shell weight,Rings\n"
 
 
-def test_a_header_row_is_accepted(abalone_bytes):
-    with_header = b",".join(c.encode() for c in COLUMNS) + b"\n" + abalone_bytes
-    assert parse_rows(with_header, "x") == parse_rows(abalone_bytes, "x")
+def rows_of(count: int) -> bytes:
+    """``count`` distinct valid rows (exact duplicates are quarantined)."""
+    return b"".join(f"M,0.{i + 100},0.3,0.1,0.5,0.2,0.1,0.15,{1 + i % 20}\n".encode() for i in range(count))
+
+
+def test_the_real_file_quarantines_its_two_zero_heights(abalone_bytes):
+    validated = validate(abalone_bytes, "abalone.data")
+    assert validated.data_rows == 4177 and len(validated.rows) == 4175
+    assert [(q["line"], q["rule"]) for q in validated.quarantine] == [
+        (1258, "Height:greater_than"),
+        (3997, "Height:greater_than"),
+    ]
+    assert validated.warnings == {"part_heavier_than_whole": 4}, "kept, but counted"
+
+
+def test_a_header_bom_and_crlf_are_read_as_the_plain_file(abalone_bytes):
+    plain = validate(abalone_bytes, "x").rows
+    variant = b"\xef\xbb\xbf" + (HEADER + abalone_bytes).replace(b"\n", b"\r\n")
+    validated = validate(variant, "x")
+    assert validated.rows == plain
+    assert len(validated.notes) == 3, validated.notes  # BOM, CRLF, header
 
 
 @pytest.mark.parametrize(
-    ("line", "message"),
+    ("payload", "message"),
     [
-        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15", "expected 9 columns"),
-        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7,1", "expected 9 columns"),
-        (b"X,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7", "Sex must be one of M, F, I"),
-        (b"M,abc,0.3,0.1,0.5,0.2,0.1,0.15,7", "Length must be numeric"),
-        (b"M,0.4,nan,0.1,0.5,0.2,0.1,0.15,7", "Diameter must be finite"),
-        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7.5", "Rings must be a whole number"),
+        (b"", "is empty"),
+        (b"\n \n", "is empty"),
+        (HEADER, "has a header but no data rows"),
+        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"M,0.4,0.3\x00,0.1\n", "NUL bytes"),
+        (HEADER.replace(b"Rings", b"Age") + GOOD, "renamed columns: 'Age' where 'Rings' was expected"),
+        (HEADER.replace(b",Rings", b"") + GOOD, "the header has 8 columns"),
+        (b"Length,Sex,Diameter,Height,Whole_weight,Shucked_weight,Viscera_weight,Shell_weight,Rings\n", "reordered"),
+        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15\n" + GOOD, "line 1: expected 9 columns"),
     ],
 )
-def test_bad_rows_are_named_with_their_line(line, message):
-    payload = b"F,0.5,0.4,0.1,0.6,0.2,0.1,0.2,9\n" + line + b"\n"
-    with pytest.raises(StagingError, match=rf"src line 2: .*{message}|src line 2: {message}"):
-        parse_rows(payload, "src")
+def test_file_level_problems_refuse_the_source(payload, message):
+    with pytest.raises(StagingError, match=message):
+        validate(payload, "src.csv")
 
 
-def test_empty_and_binary_sources_are_rejected():
-    with pytest.raises(StagingError, match="no data rows"):
-        parse_rows(b"\n\n", "empty.csv")
-    with pytest.raises(StagingError, match="not UTF-8"):
-        parse_rows(b"\xff\xfe\x00", "binary.csv")
+@pytest.mark.parametrize(
+    ("line", "rule", "reason"),
+    [
+        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7,1", "column_count", "has 10 fields"),
+        (b"X,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7", "Sex:isin", "Sex must be one of M, F, I (found 'X')"),
+        (b"M,?,0.3,0.1,0.5,0.2,0.1,0.15,7", "Length:not_numeric", "Length is not a number (found '?')"),
+        (b"M,0.4,,0.1,0.5,0.2,0.1,0.15,7", "Diameter:not_numeric", "Diameter is not a number (found '')"),
+        (b"M,0.4,nan,0.1,0.5,0.2,0.1,0.15,7", "Diameter:not_numeric", "(found 'nan')"),
+        (b"M,0.4,0.3,inf,0.5,0.2,0.1,0.15,7", "Height:finite", "Height must be finite (found 'inf')"),
+        (b"M,0.4,0.3,0,0.5,0.2,0.1,0.15,7", "Height:greater_than", "Height must be positive (found '0')"),
+        (b"M,0.4,0.3,0.1,-0.5,0.2,0.1,0.15,7", "Whole_weight:greater_than", "must be positive"),
+        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7.5", "Rings:whole_number", "Rings must be a whole number"),
+        (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15,0", "Rings:in_range", "Rings must be between 1 and 50"),
+        (b"F,0.5,0.4,0.1,0.6,0.2,0.1,0.2,9", "duplicate", "exact duplicate of line 1"),
+    ],
+)
+def test_bad_rows_are_quarantined_with_their_line_rule_and_reason(line, rule, reason):
+    payload = GOOD + line + b"\n" + rows_of(200)
+    validated = validate(payload, "src", ValidationPolicy(max_quarantine_fraction=0.01))
+    (entry,) = validated.quarantine
+    assert entry["line"] == 2 and entry["rule"] == rule and reason in entry["reason"]
+    assert len(validated.rows) == 201 and validated.counts == {rule: 1}
 
 
-def test_split_is_deterministic_disjoint_and_complete(abalone_bytes):
-    rows = parse_rows(abalone_bytes, "x")
-    first, second = split_rows(rows, SplitSpec()), split_rows(rows, SplitSpec())
-    assert first == second
+def test_too_many_bad_rows_refuse_the_source_naming_rules_and_counts():
+    payload = rows_of(50) + b"X,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7\n" * 2 + b"M,?,0.3,0.1,0.5,0.2,0.1,0.15,7\n"
+    with pytest.raises(
+        StagingError,
+        match=r"src: 3 of 53 rows \(5\.7%\) .* more than the 1\.0% allowed: "
+        r"Sex:isin \(2\), Length:not_numeric \(1\)\. First: line 51",
+    ):
+        validate(payload, "src")
+    assert len(validate(payload, "src", ValidationPolicy(0.1)).quarantine) == 3
+
+
+def test_parts_heavier_than_the_whole_are_kept_with_a_warning():
+    heavy = b"M,0.4,0.3,0.1,0.5,0.6,0.1,0.15,7\n"  # shucked 0.6 > whole 0.5
+    validated = validate(heavy + rows_of(10), "src")
+    assert len(validated.rows) == 11 and validated.warnings == {"part_heavier_than_whole": 1}
+
+
+def test_split_is_per_row_deterministic_disjoint_and_complete(abalone_bytes):
+    rows = validate(abalone_bytes, "x").rows
+    first = split_rows(rows, SplitSpec())
+    assert first == split_rows(rows, SplitSpec())
     sizes = {name: len(part) for name, part in first.items()}
-    assert sizes == {"test": 835, "validation": 418, "train": 2924}
+    assert abs(sizes["test"] - 0.2 * len(rows)) < 60 and abs(sizes["validation"] - 0.1 * len(rows)) < 50
     assert sorted(row for part in first.values() for row in part) == sorted(rows)
     assert split_rows(rows, SplitSpec(seed=7))["test"] != first["test"]
+    # A row keeps its split when the data grows or loses other rows.
+    grown = split_rows([*rows[:1000], ["M", "0.1", "0.1", "0.1", "0.1", "0.01", "0.01", "0.01", "3"]], SplitSpec())
+    for split, part in grown.items():
+        assert all(split_of(row, SplitSpec()) == split for row in part)
+        assert set(map(tuple, part)) - {("M", "0.1", "0.1", "0.1", "0.1", "0.01", "0.01", "0.01", "3")} <= set(
+            map(tuple, first[split])
+        )
 
 
 def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone_bytes):
@@ -70,7 +131,13 @@ def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone
         assert hashlib.sha256(body).hexdigest() == entry["sha256"]
         assert body.count(b"\n") == entry["rows"] + 1  # the header
         assert entry["uri"] == store.uri(f"{prefix}/{split}.csv")
-    assert sum(e["rows"] for e in manifest["splits"].values()) == 4177
+    assert sum(e["rows"] for e in manifest["splits"].values()) == 4175
+    assert manifest["validation"]["quarantined_rows"] == 2 and manifest["quarantine"]["rows"] == 2
+    quarantine = store.get(manifest["quarantine"]["key"]).decode()
+    assert quarantine.splitlines()[0] == "line,rule,reason,fields"
+    assert quarantine.splitlines()[1].startswith("1258,Height:greater_than,Height must be positive (found '0')")
+    assert hashlib.sha256(quarantine.encode()).hexdigest() == manifest["quarantine"]["sha256"]
+    assert staged.to_xcom()["quarantine_uri"] == manifest["quarantine"]["uri"]
 
 
 def test_same_data_lands_at_the_same_prefix_and_is_not_rewritten(store, abalone_bytes):
@@ -88,6 +155,8 @@ def test_different_data_or_split_gets_a_different_prefix(store, abalone_bytes):
     assert stage(abalone_bytes, "a", store, SplitSpec(seed=1)).dataset_id != base
     fewer = b"\n".join(abalone_bytes.splitlines()[:-1]) + b"\n"
     assert stage(fewer, "a", store).dataset_id != base
+    bad_row = b"X,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7\n"
+    assert stage(abalone_bytes + bad_row, "a", store).dataset_id != base, "the quarantine is part of the dataset"
 
 
 def test_bad_input_writes_nothing(store):

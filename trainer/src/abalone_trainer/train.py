@@ -100,6 +100,24 @@ def _log_dataset_inputs(data: StagedData) -> None:
         mlflow.log_input(dataset, context=context, tags={"sha256": data.split_sha256(split)})
 
 
+def _log_validation(data: StagedData) -> None:
+    """What staging's validation found, from the manifest: row counts, quarantined rows per rule, warnings."""
+    import mlflow
+
+    validation = data.manifest.get("validation") or {}
+    counts = {
+        f"data_{name}": validation[name]
+        for name in ("data_rows", "valid_rows", "quarantined_rows")
+        if name in validation
+    }
+    counts |= {f"data_quarantined.{rule}": n for rule, n in (validation.get("quarantined_by_rule") or {}).items()}
+    counts |= {f"data_warning.{rule}": n for rule, n in (validation.get("warnings") or {}).items()}
+    if counts:
+        mlflow.log_metrics({name.replace(":", "."): float(value) for name, value in counts.items()})
+    if quarantine := data.manifest.get("quarantine"):
+        mlflow.set_tag("abalone.quarantine_uri", quarantine["uri"])
+
+
 def train_and_log(
     data: StagedData,
     hparams: HyperParams,
@@ -136,6 +154,7 @@ def train_and_log(
         log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, experiment, experiment_id)
         mlflow.log_params({**hparams.as_params(), "dataset_id": data.dataset_id})
         _log_dataset_inputs(data)
+        _log_validation(data)
 
         started = time.monotonic()
 
