@@ -136,13 +136,15 @@ container_defaults = {
     },
 )
 def abalone_retraining():
-    @task(multiple_outputs=False, outlets=[STAGED_DATASET])
-    def stage(params: dict | None = None, outlet_events=None) -> dict:
-        """Check the run's options, validate the source and stage train/validation/test splits with a manifest."""
-        from abalone_pipeline.tasks import check_run_options, stage_dataset
+    @task(multiple_outputs=False, inlets=[STAGED_DATASET], outlets=[STAGED_DATASET])
+    def stage(params: dict | None = None, inlet_events=None, outlet_events=None) -> dict:
+        """Check the run's options, validate and stage the source, and summarise its drift from the last dataset."""
+        from abalone_pipeline.tasks import check_run_options, dataset_drift, previous_manifest_uri, stage_dataset
 
         check_run_options(settings, params)
+        previous = previous_manifest_uri(inlet_events, STAGED_DATASET)
         staged = stage_dataset(settings, params["source_uri"], params["max_quarantine_fraction"])
+        staged["drift"] = dataset_drift(settings, staged["manifest_uri"], previous)
         outlet_events[STAGED_DATASET].extra = {
             key: staged[key] for key in ("dataset_id", "manifest_uri", "rows", "source_sha256")
         }

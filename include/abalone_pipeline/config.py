@@ -86,6 +86,9 @@ class Settings:
     max_source_bytes: int = 512 * 1024 * 1024
     # Default of the max_quarantine_fraction Param: the share of rows that may be quarantined.
     max_quarantine_fraction: float = 0.01
+    # Drift against the previous staged dataset: warnings past these (see drift.DriftThresholds).
+    drift_max_mean_shift: float = 0.2
+    drift_max_share_shift: float = 0.05
     aws_conn_id: str = "aws_default"
     trainer_image: str = "abalone-trainer:latest"
     gpu: bool = False
@@ -126,6 +129,12 @@ class Settings:
             source_uri=text("ABALONE_SOURCE_URI", default.source_uri),
             max_quarantine_fraction=_number(
                 env, "ABALONE_MAX_QUARANTINE_FRACTION", default.max_quarantine_fraction, float, "a number"
+            ),
+            drift_max_mean_shift=_number(
+                env, "ABALONE_DRIFT_MAX_MEAN_SHIFT", default.drift_max_mean_shift, float, "a number"
+            ),
+            drift_max_share_shift=_number(
+                env, "ABALONE_DRIFT_MAX_SHARE_SHIFT", default.drift_max_share_shift, float, "a number"
             ),
             max_source_bytes=_number(env, "ABALONE_MAX_SOURCE_BYTES", default.max_source_bytes, int, "a whole number"),
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),

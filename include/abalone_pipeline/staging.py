@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from abalone_pipeline.drift import statistics
 from abalone_pipeline.objectstore import ObjectStore
 from abalone_pipeline.validation import COLUMNS, DEFAULT_POLICY, StagingError, Validated, ValidationPolicy, validate
 
@@ -198,6 +199,7 @@ def stage(
         "split": json.loads(split_json),
         "splits": entries,
         "validation": {**summary, "max_quarantine_fraction": policy.max_quarantine_fraction},
+        "statistics": statistics(validated.rows),
         "quarantine": quarantine_entry,
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())

@@ -20,6 +20,45 @@ def _s3_client_factory(settings: Settings):
     return factory
 
 
+def previous_manifest_uri(inlet_events, asset) -> str | None:
+    """The manifest of the dataset staged before this run, from the staged-dataset Asset's last event."""
+    try:
+        events = inlet_events[asset]
+        return events[-1].extra.get("manifest_uri") if len(events) else None
+    except Exception as exc:  # drift is advisory: never fail staging over it
+        log.warning("cannot read the previous staged dataset from the Asset's events: %s", exc)
+        return None
+
+
+def dataset_drift(settings: Settings, manifest_uri: str, previous_uri: str | None) -> dict[str, Any]:
+    """Drift of the staged dataset against the previous one; ``{"against": None}`` when there is nothing to compare."""
+    import json
+
+    from abalone_pipeline.drift import DriftThresholds, compare
+    from abalone_pipeline.objectstore import read_source
+
+    if previous_uri is None or previous_uri == manifest_uri:
+        reason = "no earlier staged dataset" if previous_uri is None else "the same dataset as the previous run"
+        log.info("drift: not computed (%s)", reason)
+        return {"against": None, "reason": reason}
+    try:
+        factory = _s3_client_factory(settings)
+        current = json.loads(read_source(manifest_uri, factory))
+        previous = json.loads(read_source(previous_uri, factory))
+    except Exception as exc:  # advisory: say so and go on
+        log.warning("drift: cannot read the manifests (%s)", exc)
+        return {"against": previous_uri, "reason": f"unreadable: {exc}"}
+    if "statistics" not in previous or "statistics" not in current:
+        return {"against": previous_uri, "reason": "a manifest has no statistics (staged by an older version)"}
+    thresholds = DriftThresholds(settings.drift_max_mean_shift, settings.drift_max_share_shift)
+    result = {"against": previous["dataset_id"], **compare(previous["statistics"], current["statistics"], thresholds)}
+    for warning in result["warnings"]:
+        log.warning("drift against dataset %s: %s", previous["dataset_id"], warning)
+    if not result["warnings"]:
+        log.info("drift against dataset %s: within the thresholds", previous["dataset_id"])
+    return result
+
+
 def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: float) -> dict[str, Any]:
     """Read ``source_uri``, validate and split it, and stage it in the configured object store."""
     from airflow.sdk.exceptions import AirflowFailException
@@ -144,6 +183,8 @@ def promote_candidate(
     context = {key: value for key, value in audit_tags.items() if key.startswith(("airflow.", "abalone."))}
     report = render(gate_decision, evaluation, context)
     client = registry.mlflow_client(settings.tracking_uri)
+    if staged.get("drift"):
+        client.log_dict(candidate["run_id"], staged["drift"], "data/drift.json")
     if params.get("dry_run"):
         registry.record_report(client, candidate["run_id"], gate_decision, report)
         client.set_tag(candidate["run_id"], registry.TAG_DRY_RUN, gate_decision.verdict)

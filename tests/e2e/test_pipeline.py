@@ -144,6 +144,14 @@ def test_the_first_candidate_becomes_champion_with_an_audit_trail(first_run, cli
     assert "| baseline:linear | pass |" in report and "| champion | n/a |" in report
 
 
+def test_drift_is_computed_against_the_previous_staged_dataset(first_run, second_run, client):
+    assert "drift: not computed (no earlier staged dataset)" in first_run.output
+    # Run 2 found run 1's dataset through the Asset's last event: the same rows, so nothing to compare.
+    assert "drift: not computed (the same dataset as the previous run)" in second_run.output
+    second = runs(client)[1]
+    assert json.loads(artifact(client, second.info.run_id, "data/drift.json"))["against"] is None
+
+
 def test_the_second_run_is_judged_against_the_first_by_the_policy(second_run, client):
     first, second = runs(client)
     assert second.data.tags["abalone.dataset_id"] == first.data.tags["abalone.dataset_id"], "same rows, other source"

@@ -1,0 +1,50 @@
+"""Dataset statistics and drift against the previous staged dataset."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from abalone_pipeline.config import Settings
+from abalone_pipeline.drift import DriftThresholds, compare, statistics
+from abalone_pipeline.objectstore import LocalStore
+from abalone_pipeline.staging import stage
+from abalone_pipeline.tasks import dataset_drift
+from abalone_pipeline.validation import validate
+
+
+def test_statistics_of_the_real_file(abalone_bytes):
+    stats = statistics(validate(abalone_bytes, "x").rows)
+    assert stats["rows"] == 4175
+    assert stats["columns"]["Rings"]["mean"] == pytest.approx(9.93, abs=0.01)
+    assert stats["columns"]["Height"]["min"] > 0, "the zero heights were quarantined"
+    assert sum(stats["sex_shares"].values()) == pytest.approx(1)
+    assert sum(stats["rings_shares"].values()) == pytest.approx(1)
+
+
+def test_drift_warns_past_the_thresholds_only(abalone_bytes):
+    rows = validate(abalone_bytes, "x").rows
+    before = statistics(rows)
+    assert compare(before, before, DriftThresholds())["warnings"] == []
+    old_only = [row for row in rows if int(row[-1]) >= 10]  # a feed that lost its young abalone
+    result = compare(before, statistics(old_only), DriftThresholds())
+    assert result["columns"]["Rings"]["mean_shift_sd"] > 0.2
+    assert any(w.startswith("Rings mean moved by +") for w in result["warnings"])
+    assert any("share of rings<=7 moved by -" in w for w in result["warnings"])
+    assert compare(before, statistics(old_only), DriftThresholds(10, 1))["warnings"] == []
+
+
+def test_dataset_drift_reads_both_manifests(tmp_path, abalone_bytes):
+    store = LocalStore(tmp_path)
+    settings = Settings.from_env({"ABALONE_OBJECT_STORE_URI": tmp_path.as_uri()})
+    first = stage(abalone_bytes, "a", store)
+    young_removed = b"".join(line + b"\n" for line in abalone_bytes.splitlines() if int(line.split(b",")[-1]) > 7)
+    second = stage(young_removed, "b", store)
+    result = dataset_drift(settings, second.manifest_uri, first.manifest_uri)
+    assert result["against"] == first.dataset_id and result["rows"]["previous"] == 4175
+    assert result["warnings"], "dropping every abalone of 7 rings or fewer moves the label's distribution"
+    assert json.dumps(result)
+    assert dataset_drift(settings, first.manifest_uri, None)["reason"] == "no earlier staged dataset"
+    assert dataset_drift(settings, first.manifest_uri, first.manifest_uri)["against"] is None
+    assert "unreadable" in dataset_drift(settings, first.manifest_uri, (tmp_path / "gone.json").as_uri())["reason"]
