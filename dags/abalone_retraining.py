@@ -144,7 +144,7 @@ def abalone_retraining():
         check_run_options(settings, params)
         previous = previous_manifest_uri(inlet_events, STAGED_DATASET)
         staged = stage_dataset(settings, params["source_uri"], params["max_quarantine_fraction"])
-        staged["drift"] = dataset_drift(settings, staged["manifest_uri"], previous)
+        staged["drift"] = dataset_drift(settings, staged, previous)
         outlet_events[STAGED_DATASET].extra = {
             key: staged[key] for key in ("dataset_id", "manifest_uri", "rows", "source_sha256")
         }

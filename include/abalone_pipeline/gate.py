@@ -127,11 +127,6 @@ class Decision:
     def failed(self) -> tuple[Check, ...]:
         return tuple(check for check in self.checks if not check.passed)
 
-    @property
-    def reasons(self) -> tuple[str, ...]:
-        """Every rule's finding, failures first."""
-        return tuple(check.detail for check in (*self.failed, *(c for c in self.checks if c.passed)))
-
     def summary(self) -> str:
         failed = self.failed
         if self.forced:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -85,11 +86,5 @@ def render(decision: Decision, evaluation: dict[str, Any], context: dict[str, st
         lines.append(f"| best of those runs | {_f(prior.get('best_test_rmse'))} |")
     if champion and champion.get("error"):
         lines += ["", f"Champion v{champion['version']} could not be scored: `{champion['error']}`"]
-    lines += ["", "## Policy", "", "```json", _json(decision.policy), "```", ""]
+    lines += ["", "## Policy", "", "```json", json.dumps(decision.policy, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
-
-
-def _json(data: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(data, indent=2, sort_keys=True)

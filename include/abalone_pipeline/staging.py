@@ -61,6 +61,8 @@ class StagedDataset:
     # What validation found in this run's source, and where the quarantined rows are.
     validation: dict[str, Any] = field(default_factory=dict)
     quarantine_uri: str | None = None
+    # The manifest's statistics (drift.statistics), to compare with the next dataset without re-reading it.
+    statistics: dict[str, Any] | None = None
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class StagedDataset:
             "source_sha256": self.source_sha256,
             "validation": self.validation,
             "quarantine_uri": self.quarantine_uri,
+            "statistics": self.statistics,
         }
 
 
@@ -152,23 +155,23 @@ def stage(
     manifest_key = f"{prefix}/{MANIFEST}"
     summary = validated.summary()
 
-    def staged(rows: dict[str, int], written: bool, quarantine_uri: str | None) -> StagedDataset:
+    def staged(manifest: dict[str, Any], written: bool) -> StagedDataset:
         return StagedDataset(
             dataset_id,
             store.uri(manifest_key),
-            rows,
+            {split: entry["rows"] for split, entry in manifest["splits"].items()},
             written,
             source_uri,
             sha256(payload),
             validation=summary,
-            quarantine_uri=quarantine_uri,
+            quarantine_uri=(manifest.get("quarantine") or {}).get("uri"),
+            statistics=manifest.get("statistics"),
         )
 
     if store.exists(manifest_key):
         manifest = json.loads(store.get(manifest_key))
         log.info("dataset %s is already staged at %s; not rewriting it", dataset_id, store.uri(prefix))
-        rows_by_split = {split: entry["rows"] for split, entry in manifest["splits"].items()}
-        return staged(rows_by_split, False, (manifest.get("quarantine") or {}).get("uri"))
+        return staged(manifest, False)
 
     splits = split_rows(validated.rows, spec)
     entries = {}
@@ -204,5 +207,4 @@ def stage(
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
     log.info("manifest %s %s", store.uri(manifest_key), "written" if written else "was written by a concurrent attempt")
-    rows_by_split = {split: entry["rows"] for split, entry in entries.items()}
-    return staged(rows_by_split, written, quarantine_entry and quarantine_entry["uri"])
+    return staged(manifest, written)

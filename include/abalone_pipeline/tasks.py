@@ -30,28 +30,26 @@ def previous_manifest_uri(inlet_events, asset) -> str | None:
         return None
 
 
-def dataset_drift(settings: Settings, manifest_uri: str, previous_uri: str | None) -> dict[str, Any]:
-    """Drift of the staged dataset against the previous one; ``{"against": None}`` when there is nothing to compare."""
+def dataset_drift(settings: Settings, staged: dict[str, Any], previous_uri: str | None) -> dict[str, Any]:
+    """Drift of ``staged`` (the stage task's XCom) against the previous dataset; ``against`` None: nothing compared."""
     import json
 
     from abalone_pipeline.drift import DriftThresholds, compare
     from abalone_pipeline.objectstore import read_source
 
-    if previous_uri is None or previous_uri == manifest_uri:
+    if previous_uri is None or previous_uri == staged["manifest_uri"]:
         reason = "no earlier staged dataset" if previous_uri is None else "the same dataset as the previous run"
         log.info("drift: not computed (%s)", reason)
         return {"against": None, "reason": reason}
     try:
-        factory = _s3_client_factory(settings)
-        current = json.loads(read_source(manifest_uri, factory))
-        previous = json.loads(read_source(previous_uri, factory))
+        previous = json.loads(read_source(previous_uri, _s3_client_factory(settings)))
     except Exception as exc:  # advisory: say so and go on
-        log.warning("drift: cannot read the manifests (%s)", exc)
+        log.warning("drift: cannot read the previous manifest (%s)", exc)
         return {"against": previous_uri, "reason": f"unreadable: {exc}"}
-    if "statistics" not in previous or "statistics" not in current:
+    if "statistics" not in previous or not staged.get("statistics"):
         return {"against": previous_uri, "reason": "a manifest has no statistics (staged by an older version)"}
     thresholds = DriftThresholds(settings.drift_max_mean_shift, settings.drift_max_share_shift)
-    result = {"against": previous["dataset_id"], **compare(previous["statistics"], current["statistics"], thresholds)}
+    result = {"against": previous["dataset_id"], **compare(previous["statistics"], staged["statistics"], thresholds)}
     for warning in result["warnings"]:
         log.warning("drift against dataset %s: %s", previous["dataset_id"], warning)
     if not result["warnings"]:

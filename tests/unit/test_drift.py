@@ -41,10 +41,13 @@ def test_dataset_drift_reads_both_manifests(tmp_path, abalone_bytes):
     first = stage(abalone_bytes, "a", store)
     young_removed = b"".join(line + b"\n" for line in abalone_bytes.splitlines() if int(line.split(b",")[-1]) > 7)
     second = stage(young_removed, "b", store)
-    result = dataset_drift(settings, second.manifest_uri, first.manifest_uri)
+    result = dataset_drift(settings, second.to_xcom(), first.manifest_uri)
     assert result["against"] == first.dataset_id and result["rows"]["previous"] == 4175
     assert result["warnings"], "dropping every abalone of 7 rings or fewer moves the label's distribution"
     assert json.dumps(result)
-    assert dataset_drift(settings, first.manifest_uri, None)["reason"] == "no earlier staged dataset"
-    assert dataset_drift(settings, first.manifest_uri, first.manifest_uri)["against"] is None
-    assert "unreadable" in dataset_drift(settings, first.manifest_uri, (tmp_path / "gone.json").as_uri())["reason"]
+    current = first.to_xcom()
+    assert dataset_drift(settings, current, None)["reason"] == "no earlier staged dataset"
+    assert dataset_drift(settings, current, first.manifest_uri)["against"] is None
+    assert "unreadable" in dataset_drift(settings, current, (tmp_path / "gone.json").as_uri())["reason"]
+    # A dataset staged again is not rewritten; its statistics come from the manifest already there.
+    assert stage(abalone_bytes, "c", store).statistics == first.statistics is not None
