@@ -82,8 +82,11 @@ class Settings:
     # Where staged data lives: s3://bucket/prefix in production, a local directory by default.
     object_store_uri: str = (PROJECT_ROOT / ".local" / "object-store").as_uri()
     source_uri: str = BUNDLED_DATA.as_uri()
-    # Larger sources are refused before download (staging holds one source in memory).
-    max_source_bytes: int = 512 * 1024 * 1024
+    # Larger sources are refused, before download where the size is known: a guard against a wrong
+    # source, not a memory limit (staging streams; its spool on local disk is about twice the source).
+    max_source_bytes: int = 16 * 1024**3
+    # Where staging spools a source while it validates and splits it (the system's temp dir if unset).
+    staging_dir: str | None = None
     # Default of the max_quarantine_fraction Param: the share of rows that may be quarantined.
     max_quarantine_fraction: float = 0.01
     # Drift against the previous staged dataset: warnings past these (see drift.DriftThresholds).
@@ -137,6 +140,7 @@ class Settings:
                 env, "ABALONE_DRIFT_MAX_SHARE_SHIFT", default.drift_max_share_shift, float, "a number"
             ),
             max_source_bytes=_number(env, "ABALONE_MAX_SOURCE_BYTES", default.max_source_bytes, int, "a whole number"),
+            staging_dir=env.get("ABALONE_STAGING_DIR") or None,
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
             trainer_image=text("ABALONE_TRAINER_IMAGE", default.trainer_image),
             gpu=_bool(env, "ABALONE_GPU", default.gpu),

@@ -7,12 +7,12 @@ the gate, not the data, decides what is promoted.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from abalone_pipeline.validation import COLUMNS, SEXES
+from abalone_pipeline.validation import NUMERIC, SEXES
 
-NUMERIC: tuple[str, ...] = COLUMNS[1:]
 # The gate's age bands: a shift in the label's distribution is what most changes what RMSE means.
 RINGS_BANDS: tuple[tuple[str, float, float], ...] = (
     ("rings<=7", -math.inf, 7),
@@ -29,24 +29,80 @@ class DriftThresholds:
     max_share_shift: float = 0.05
 
 
+class Moments:
+    """Running per-column count, sum, sum of squares, min and max, and Sex / age-band counts.
+
+    Fed block by block; rows can be taken out again (exact duplicates found later), since a duplicate
+    leaves min and max unchanged and only the sums and counts need correcting.
+    """
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        width = len(NUMERIC)
+        self.count = 0
+        self.sums = np.zeros(width)
+        self.squares = np.zeros(width)
+        self.low = np.full(width, math.inf)
+        self.high = np.full(width, -math.inf)
+        self.sexes = dict.fromkeys(SEXES, 0)
+        self.bands = {name: 0 for name, _, _ in RINGS_BANDS}
+
+    def _counts(self, values, sexes: dict[str, int], sign: int) -> None:
+        rings = values[:, -1]
+        for name in SEXES:
+            self.sexes[name] += sign * int(sexes.get(name, 0))
+        for name, low, high in RINGS_BANDS:
+            self.bands[name] += sign * int(((rings > low) & (rings <= high)).sum())
+
+    def add(self, values, sexes: dict[str, int]) -> None:
+        """Take in rows: ``values`` with one column per numeric column, ``sexes`` the rows of each Sex."""
+        if not len(values):
+            return
+        self.count += len(values)
+        self.sums += values.sum(axis=0)
+        self.squares += (values * values).sum(axis=0)
+        self.low = self.low.clip(max=values.min(axis=0))
+        self.high = self.high.clip(min=values.max(axis=0))
+        self._counts(values, sexes, 1)
+
+    def remove(self, values, sexes: dict[str, int]) -> None:
+        """Take out rows that were added and have an identical row left in."""
+        if not len(values):
+            return
+        self.count -= len(values)
+        self.sums -= values.sum(axis=0)
+        self.squares -= (values * values).sum(axis=0)
+        self._counts(values, sexes, -1)
+
+    def result(self) -> dict[str, Any]:
+        """Per-column mean, standard deviation, min and max; the shares of each Sex and age band."""
+        count = self.count
+        columns = {}
+        for index, name in enumerate(NUMERIC):
+            mean = self.sums[index] / count
+            variance = max(self.squares[index] - count * mean * mean, 0.0) / max(count - 1, 1)
+            columns[name] = {
+                "mean": float(mean),
+                "std": math.sqrt(variance),
+                "min": float(self.low[index]),
+                "max": float(self.high[index]),
+            }
+        return {
+            "rows": count,
+            "columns": columns,
+            "sex_shares": {name: n / count for name, n in self.sexes.items()},
+            "rings_shares": {name: n / count for name, n in self.bands.items()},
+        }
+
+
 def statistics(rows: list[list[str]]) -> dict[str, Any]:
-    """Per-column mean, standard deviation, min and max; the shares of each Sex and age band."""
-    count = len(rows)
-    columns: dict[str, dict[str, float]] = {}
-    for index, name in enumerate(COLUMNS):
-        if name not in NUMERIC:
-            continue
-        values = [float(row[index]) for row in rows]
-        mean = math.fsum(values) / count
-        variance = math.fsum((value - mean) ** 2 for value in values) / max(count - 1, 1)
-        columns[name] = {"mean": mean, "std": math.sqrt(variance), "min": min(values), "max": max(values)}
-    rings = [float(row[-1]) for row in rows]
-    return {
-        "rows": count,
-        "columns": columns,
-        "sex_shares": {sex: sum(row[0] == sex for row in rows) / count for sex in SEXES},
-        "rings_shares": {name: sum(low < r <= high for r in rings) / count for name, low, high in RINGS_BANDS},
-    }
+    """The statistics of ``rows`` given as fields (``Moments`` for rows already in memory)."""
+    import numpy as np
+
+    moments = Moments()
+    moments.add(np.array([row[1:] for row in rows], dtype=np.float64), Counter(row[0] for row in rows))
+    return moments.result()
 
 
 def compare(previous: dict[str, Any], current: dict[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:

@@ -1,17 +1,28 @@
-"""A minimal object store over a local directory or S3, with create-only writes.
+"""A minimal object store over a local directory or S3, with create-only, verified writes; streaming sources.
 
 Writes never leave a half-written object: a local write goes to a temporary file that is hard-linked into
-place, and an S3 PUT is atomic. ``put_if_absent`` never replaces an existing object, so a retry racing
-an earlier attempt cannot overwrite what that attempt staged.
+place; an S3 PUT is atomic and a multipart upload is invisible until it is completed. Writes are
+create-only (``If-None-Match: *`` on S3), so a retry racing an earlier attempt cannot overwrite what that
+attempt staged, and an existing object with the expected SHA-256 counts as written. Every write is
+verified after the fact against the SHA-256 the writer computed.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import logging
 import os
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
 
 
 class ObjectStoreError(Exception):
@@ -30,9 +41,17 @@ class SourceTooLarge(PermanentError):
     """The source is larger than the configured maximum; it is refused before it is downloaded."""
 
 
+class ContentMismatch(PermanentError):
+    """An object exists with other content than expected: written by hand, or changed after it was written."""
+
+
 # HTTP statuses of a source that no retry can fix; others (5xx, 429) are retried.
 PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404, 410})
 HTTP_CHUNK = 1 << 20
+# Files up to this size go up in one PUT; larger ones in parts of this size, a few at a time.
+PART_SIZE = 8 << 20
+UPLOAD_THREADS = 4
+HASH_CHUNK = 8 << 20
 
 
 # S3 error codes that no retry can fix.
@@ -43,6 +62,22 @@ def _s3_error(exc: Exception, action: str, uri: str) -> ObjectStoreError:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
     kind = MissingObject if code in PERMANENT_S3_ERRORS else ObjectStoreError
     return kind(f"cannot {action} {uri}: {exc}")
+
+
+def _s3_code(exc: Exception) -> str:
+    return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+
+
+# S3's answers to a create-only write when the object exists (409: a concurrent write is completing).
+EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ObjectStore(ABC):
@@ -62,6 +97,22 @@ class ObjectStore(ABC):
     @abstractmethod
     def put_if_absent(self, key: str, data: bytes) -> bool:
         """Write ``data`` at ``key`` unless an object is already there; return whether it wrote."""
+
+    @abstractmethod
+    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+        """Write the file at ``path`` (whose SHA-256 is ``sha256``) to ``key`` unless an object is there.
+
+        Returns whether it wrote. An object already at ``key`` with the same content counts as success
+        (``False``); one with other content raises ``ContentMismatch``. The written object is verified.
+        """
+
+    @abstractmethod
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+        """Raise ``ContentMismatch`` unless the object at ``key`` has ``size`` bytes and this SHA-256.
+
+        With ``reread=False`` a store may settle for what it knows without reading the object back
+        (its size, and a checksum it keeps), when a later reader will hash it anyway.
+        """
 
 
 class LocalStore(ObjectStore):
@@ -104,6 +155,40 @@ class LocalStore(ObjectStore):
         finally:
             os.unlink(tmp)
 
+    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.chmod(tmp, 0o644)
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+            if file_sha256(Path(tmp)) != sha256:  # what landed on disk, read back
+                raise ObjectStoreError(f"{self.uri(key)}: the copy of {path} does not have sha256 {sha256}")
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                self.verify(key, sha256, path.stat().st_size)
+                return False
+            return True
+        finally:
+            os.unlink(tmp)
+
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+        path = self._path(key)
+        try:
+            actual_size = path.stat().st_size
+            actual = file_sha256(path) if actual_size == size else None
+        except FileNotFoundError as exc:
+            raise MissingObject(f"{self.uri(key)} does not exist") from exc
+        if actual != sha256:
+            raise ContentMismatch(
+                f"{self.uri(key)} has {actual_size} bytes, sha256 {actual or 'not computed'}; "
+                f"expected {size} bytes, sha256 {sha256}"
+            )
+
 
 class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str, client) -> None:
@@ -139,15 +224,136 @@ class S3Store(ObjectStore):
         return True
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
-        from botocore.exceptions import ClientError
-
+        digest = hashlib.sha256(data).digest()
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*", ChecksumSHA256=_b64(digest)
+            )
+        except Exception as exc:
+            if _s3_code(exc) in EXISTS_CODES:
                 return False
             raise _s3_error(exc, "write", self.uri(key)) from exc
+        self._verify_upload(key, len(data), _b64(digest), digest.hex())
         return True
+
+    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+        size = path.stat().st_size
+        try:
+            if size <= PART_SIZE:
+                written, checksum = self._put_small(key, path)
+            else:
+                written, checksum = self._put_multipart(key, path, size)
+        except ObjectStoreError:
+            raise
+        except Exception as exc:
+            raise _s3_error(exc, "write", self.uri(key)) from exc
+        if written:
+            self._verify_upload(key, size, checksum, sha256)
+        else:
+            self.verify(key, sha256, size)
+        return written
+
+    def _put_small(self, key: str, path: Path) -> tuple[bool, str]:
+        body = path.read_bytes()
+        checksum = _b64(hashlib.sha256(body).digest())
+        try:
+            # S3 checks the body against ChecksumSHA256 on receipt and refuses a corrupted one.
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=body, IfNoneMatch="*", ChecksumSHA256=checksum
+            )
+        except Exception as exc:
+            if _s3_code(exc) in EXISTS_CODES:
+                return False, checksum
+            raise
+        return True, checksum
+
+    def _put_multipart(self, key: str, path: Path, size: int) -> tuple[bool, str]:
+        """Upload in parts, a few at a time; the object appears only when the upload is completed."""
+        s3_key = self._key(key)
+        upload_id = self.client.create_multipart_upload(Bucket=self.bucket, Key=s3_key, ChecksumAlgorithm="SHA256")[
+            "UploadId"
+        ]
+        count = -(-size // PART_SIZE)
+
+        def upload(number: int) -> tuple[dict[str, object], bytes]:
+            with path.open("rb") as handle:  # each worker reads its own part: memory is threads x part size
+                handle.seek((number - 1) * PART_SIZE)
+                body = handle.read(PART_SIZE)
+            digest = hashlib.sha256(body).digest()
+            response = self.client.upload_part(
+                Bucket=self.bucket,
+                Key=s3_key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumSHA256=_b64(digest),
+            )
+            return {"ETag": response["ETag"], "PartNumber": number, "ChecksumSHA256": _b64(digest)}, digest
+
+        try:
+            with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+                results = list(pool.map(upload, range(1, count + 1)))
+            log.info("uploaded %s in %d parts", self.uri(key), count)
+            self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=s3_key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": [part for part, _ in results]},
+                IfNoneMatch="*",
+            )
+        except Exception as exc:
+            self._abort(s3_key, upload_id)
+            if _s3_code(exc) in EXISTS_CODES:
+                return False, ""
+            raise
+        composite = _b64(hashlib.sha256(b"".join(digest for _, digest in results)).digest())
+        return True, f"{composite}-{count}"
+
+    def _abort(self, s3_key: str, upload_id: str) -> None:
+        """Drop an unfinished upload's parts; if S3 cannot be reached, its lifecycle rule will."""
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=s3_key, UploadId=upload_id)
+        except Exception as exc:
+            log.warning("could not abort the multipart upload of s3://%s/%s (%s)", self.bucket, s3_key, exc)
+
+    def _head(self, key: str) -> dict:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
+        except Exception as exc:
+            raise _s3_error(exc, "check", self.uri(key)) from exc
+
+    def _verify_upload(self, key: str, size: int, checksum: str, sha256: str) -> None:
+        """Compare what S3 reports for the new object with what was sent; re-read it if S3 reports no checksum."""
+        head = self._head(key)
+        reported = head.get("ChecksumSHA256")
+        if head["ContentLength"] == size and reported:
+            # A multipart object's checksum is the SHA-256 of its parts' SHA-256s, suffixed by the part count.
+            if reported.split("-")[0] == checksum.split("-")[0]:
+                return
+            raise ContentMismatch(f"{self.uri(key)}: S3 reports checksum {reported} for it, {checksum} was sent")
+        self.verify(key, sha256, size)
+
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+        head = self._head(key)
+        if head["ContentLength"] != size:
+            raise ContentMismatch(f"{self.uri(key)} has {head['ContentLength']} bytes, expected {size}")
+        if head.get("ChecksumSHA256") == _b64(bytes.fromhex(sha256)):
+            return  # a single-part object's full SHA-256, as S3 computed it
+        if not reread:
+            return
+        digest = hashlib.sha256()
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+            for chunk in body.iter_chunks(HASH_CHUNK):
+                digest.update(chunk)
+        except Exception as exc:
+            raise _s3_error(exc, "read", self.uri(key)) from exc
+        if digest.hexdigest() != sha256:
+            raise ContentMismatch(f"{self.uri(key)} has sha256 {digest.hexdigest()}, expected {sha256}")
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
 
 
 def open_store(uri: str, s3_client_factory=None) -> ObjectStore:
@@ -171,44 +377,88 @@ def _refuse_if_larger(uri: str, size: int | None, max_bytes: int | None) -> None
         )
 
 
-def _read_http(uri: str, max_bytes: int | None, timeout: float) -> bytes:
-    """GET ``uri``, refusing it by its Content-Length before the body is read, or once the body exceeds it."""
-    import requests
+class Source:
+    """An open source: its size when known up front, and its bytes as an iterator of chunks."""
 
+    def __init__(self, uri: str, size: int | None, chunks: Iterator[bytes], max_bytes: int | None) -> None:
+        self.uri = uri
+        self.size = size
+        self._chunks = chunks
+        self._max_bytes = max_bytes
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.bytes_read += len(chunk)
+            _refuse_if_larger(self.uri, self.bytes_read, self._max_bytes)  # a server may understate the size
+            yield chunk
+
+
+def _guarded(chunks: Iterator[bytes], uri: str, errors: tuple[type[BaseException], ...]) -> Iterator[bytes]:
+    """Chunks of a network stream; a broken connection mid-read is a (retryable) ObjectStoreError."""
     try:
-        with requests.get(uri, stream=True, timeout=timeout) as response:
-            if response.status_code in PERMANENT_HTTP_STATUSES:
-                raise MissingObject(f"source {uri} answered HTTP {response.status_code} {response.reason}")
-            if response.status_code >= 400:
-                raise ObjectStoreError(f"source {uri} answered HTTP {response.status_code} {response.reason}")
-            length = response.headers.get("Content-Length")
-            _refuse_if_larger(uri, int(length) if length and length.isdigit() else None, max_bytes)
-            body = bytearray()
-            for chunk in response.iter_content(HTTP_CHUNK):
-                body += chunk
-                _refuse_if_larger(uri, len(body), max_bytes)  # a server may omit or understate the length
-            return bytes(body)
-    except requests.RequestException as exc:
-        raise ObjectStoreError(f"cannot read {uri}: {exc}") from exc
+        yield from chunks
+    except errors as exc:
+        raise ObjectStoreError(f"reading {uri} failed: {exc}") from exc
 
 
-def read_source(uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60) -> bytes:
-    """Bytes of a source named by a local path, ``file://``, ``s3://`` or ``http(s)://`` URI.
+@contextlib.contextmanager
+def open_source(
+    uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60
+) -> Generator[Source]:
+    """Open a source named by a local path, ``file://``, ``s3://`` or ``http(s)://`` URI, to stream it.
 
-    A source larger than ``max_bytes`` is refused, before download where its size is known up front.
+    A source larger than ``max_bytes`` is refused before its body is read where the size is known up
+    front (a file's size, S3's ContentLength, an HTTP Content-Length), and otherwise once it exceeds it.
     """
     parsed = urlparse(uri)
     if parsed.scheme in ("", "file"):
         path = Path(unquote(parsed.path) if parsed.scheme else uri)
         if not path.is_file():
             raise MissingObject(f"source {uri} does not exist or is not a file")
-        _refuse_if_larger(uri, path.stat().st_size, max_bytes)
-        return path.read_bytes()
+        size = path.stat().st_size
+        _refuse_if_larger(uri, size, max_bytes)
+        with path.open("rb") as handle:
+            yield Source(uri, size, iter(lambda: handle.read(HTTP_CHUNK), b""), max_bytes)
+        return
     if parsed.scheme == "s3":
-        store = open_store(f"s3://{parsed.netloc}", s3_client_factory)
-        key = parsed.path.lstrip("/")
-        _refuse_if_larger(uri, store.size(key), max_bytes)
-        return store.get(key)
+        from botocore.exceptions import BotoCoreError
+
+        client = open_store(f"s3://{parsed.netloc}", s3_client_factory).client
+        try:
+            response = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
+        except Exception as exc:
+            raise _s3_error(exc, "read", uri) from exc
+        size = int(response["ContentLength"])
+        body = response["Body"]
+        try:
+            _refuse_if_larger(uri, size, max_bytes)
+            yield Source(uri, size, _guarded(body.iter_chunks(HTTP_CHUNK), uri, (BotoCoreError, OSError)), max_bytes)
+        finally:
+            body.close()
+        return
     if parsed.scheme in ("http", "https"):
-        return _read_http(uri, max_bytes, timeout)
+        import requests
+
+        try:
+            response = requests.get(uri, stream=True, timeout=timeout)
+        except requests.RequestException as exc:
+            raise ObjectStoreError(f"cannot read {uri}: {exc}") from exc
+        with response:
+            if response.status_code in PERMANENT_HTTP_STATUSES:
+                raise MissingObject(f"source {uri} answered HTTP {response.status_code} {response.reason}")
+            if response.status_code >= 400:
+                raise ObjectStoreError(f"source {uri} answered HTTP {response.status_code} {response.reason}")
+            length = response.headers.get("Content-Length")
+            size = int(length) if length and length.isdigit() else None
+            _refuse_if_larger(uri, size, max_bytes)
+            chunks = _guarded(response.iter_content(HTTP_CHUNK), uri, (requests.RequestException,))
+            yield Source(uri, size, chunks, max_bytes)
+        return
     raise MissingObject(f"unsupported source {uri!r}: use a path, file://, s3:// or https://")
+
+
+def read_source(uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60) -> bytes:
+    """All bytes of a (small) source; see ``open_source``."""
+    with open_source(uri, s3_client_factory, max_bytes, timeout) as source:
+        return b"".join(source)

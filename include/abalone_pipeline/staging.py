@@ -1,39 +1,79 @@
-"""Validate the abalone source, split it deterministically and stage it under a content-addressed prefix."""
+"""Stage an abalone source: validate it, split it by row hash and write it under a content-addressed prefix.
+
+The source is streamed, so a file far larger than memory is staged in bounded memory:
+
+1. **Scan.** The source is read in blocks of whole lines (``BLOCK_BYTES``); each block is checked
+   (``validation.check_rows``), its bad rows appended to a quarantine run, and its valid rows hashed
+   (``row_keys``) and spooled to local partition files by hash range. The source's SHA-256 and the
+   statistics for the drift summary are computed on the way.
+2. **Assemble.** Partition by partition, in hash order, rows are sorted by hash: exact duplicates
+   meet and are quarantined, and the rest go to the split their hash falls in. Each split file is thus
+   in a canonical order (ascending row hash) that depends only on the rows, not on their order in
+   the source or on how many partitions were used.
+3. **Write.** The dataset id is derived from the splits' and the quarantine's SHA-256 and the split
+   spec. Each file is uploaded create-only and verified; the manifest is written last and is the
+   commit marker: a dataset without it is incomplete, and the next attempt completes it.
+"""
 
 from __future__ import annotations
 
 import csv
 import hashlib
-import io
+import heapq
+import itertools
 import json
 import logging
+import math
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from abalone_pipeline.drift import statistics
-from abalone_pipeline.objectstore import ObjectStore
-from abalone_pipeline.validation import COLUMNS, DEFAULT_POLICY, StagingError, Validated, ValidationPolicy, validate
+from abalone_pipeline.drift import Moments
+from abalone_pipeline.objectstore import ContentMismatch, ObjectStore
+from abalone_pipeline.validation import (
+    COLUMNS,
+    DEFAULT_POLICY,
+    FileState,
+    StagingError,
+    ValidationPolicy,
+    check_encoding,
+    check_fraction,
+    check_header,
+    check_rows,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["COLUMNS", "SPLITS", "SplitSpec", "StagedDataset", "StagingError", "split_rows", "stage"]
+__all__ = ["COLUMNS", "SPLITS", "SplitSpec", "StagedDataset", "StagingError", "row_keys", "split_of", "stage"]
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.csv"
 DATASET_PREFIX = "datasets/abalone"
+MANIFEST_VERSION = 3
+HEADER = (",".join(COLUMNS) + "\n").encode()
+QUARANTINE_HEADER = ["line", "rule", "reason", "fields"]
 
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+# Memory is bounded by these, not by the source: a block of the source in the scan, a partition in the
+# assembly (partitions are sized from the source's size when it is known), parts in flight in the upload.
+BLOCK_BYTES = 8 << 20
+PARTITION_BYTES = 8 << 20
+MAX_PARTITIONS = 512
+UNSIZED_PARTITIONS = 64
+PROGRESS_BYTES = 128 << 20
 
 
 @dataclass(frozen=True)
 class SplitSpec:
     """How rows are assigned to splits; part of the dataset's identity.
 
-    Each row's split follows from a hash of the seed and the row's own content, not from its position
-    or the other rows: a row keeps its split as the data grows, so nightly evaluations stay comparable.
+    Each row's split follows from a keyed hash of the row's own content (``row_keys``), not from its
+    position or the other rows: a row keeps its split as the data grows, so nightly evaluations stay
+    comparable.
     """
 
     seed: int = 42
@@ -45,6 +85,25 @@ class SplitSpec:
             raise StagingError("test_fraction and validation_fraction must each be in (0, 1)")
         if self.test_fraction + self.validation_fraction >= 0.9:
             raise StagingError("test_fraction + validation_fraction must leave at least 10% for training")
+
+    @property
+    def hash_key(self) -> str:
+        """The 16-byte SipHash key: the first 16 hex digits of sha256("abalone-split:<seed>")."""
+        return hashlib.sha256(f"abalone-split:{self.seed}".encode()).hexdigest()[:16]
+
+    def bounds(self) -> tuple[int, int]:
+        """Row keys below the first bound are test rows, below the second validation, the rest train."""
+        test = int(self.test_fraction * 2**64)
+        return test, int((self.test_fraction + self.validation_fraction) * 2**64)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": "siphash-2-4 of the canonical row, keyed by sha256('abalone-split:<seed>')[:16], "
+            "then the splitmix64 finaliser (pandas.util.hash_array); key / 2**64 against the fractions",
+            "seed": self.seed,
+            "test_fraction": self.test_fraction,
+            "validation_fraction": self.validation_fraction,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,7 +120,7 @@ class StagedDataset:
     # What validation found in this run's source, and where the quarantined rows are.
     validation: dict[str, Any] = field(default_factory=dict)
     quarantine_uri: str | None = None
-    # The manifest's statistics (drift.statistics), to compare with the next dataset without re-reading it.
+    # The manifest's statistics (drift.Moments), to compare with the next dataset without re-reading it.
     statistics: dict[str, Any] | None = None
 
     def to_xcom(self) -> dict[str, Any]:
@@ -78,133 +137,483 @@ class StagedDataset:
         }
 
 
-def split_of(row: list[str], spec: SplitSpec) -> str:
-    """The split of one row: a uniform number from sha256(seed, row) against the split fractions."""
-    digest = hashlib.sha256(f"{spec.seed}\0{','.join(row)}".encode()).digest()
-    position = int.from_bytes(digest[:8], "big") / 2**64
-    if position < spec.test_fraction:
-        return "test"
-    if position < spec.test_fraction + spec.validation_fraction:
-        return "validation"
-    return "train"
+def row_keys(lines, spec: SplitSpec):
+    """The 64-bit key of each canonical row (bytes): SipHash-2-4 keyed by the seed, vectorised by pandas."""
+    import numpy as np
+    import pandas as pd
+
+    if not len(lines):
+        return np.array([], dtype=np.uint64)
+    return pd.util.hash_array(
+        np.asarray(lines, dtype=object), encoding="utf8", hash_key=spec.hash_key, categorize=False
+    )
 
 
-def split_rows(rows: list[list[str]], spec: SplitSpec) -> dict[str, list[list[str]]]:
-    """Assign each row to train / validation / test by ``split_of``, keeping the source order within a split."""
-    splits: dict[str, list[list[str]]] = {split: [] for split in SPLITS}
-    for row in rows:
-        splits[split_of(row, spec)].append(row)
-    if any(not part for part in splits.values()):
-        sizes = ", ".join(f"{split}={len(part)}" for split, part in splits.items())
-        raise StagingError(f"{len(rows)} rows are too few to split into train, validation and test ({sizes})")
-    return splits
+def split_index(keys, spec: SplitSpec):
+    """0, 1, 2 for test, validation, train, from each key's position in [0, 2**64)."""
+    import numpy as np
+
+    return np.searchsorted(np.array(spec.bounds(), dtype=np.uint64), keys, side="right")
 
 
-def to_csv(rows: list[list[str]]) -> bytes:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    writer.writerows(rows)
-    return buffer.getvalue().encode("utf-8")
+_SPLIT_BY_INDEX = ("test", "validation", "train")
 
 
-def quarantine_csv(validated: Validated) -> bytes:
-    """The rows that broke a rule: their line in the source, the rule, the reason and the fields as read."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["line", "rule", "reason", "fields"])
-    for entry in validated.quarantine:
-        writer.writerow([entry["line"], entry["rule"], entry["reason"], ",".join(entry["fields"])])
-    return buffer.getvalue().encode("utf-8")
+def split_of(row: bytes | list[str], spec: SplitSpec) -> str:
+    """The split of one row, given canonical (``b"M,0.455,..."``) or as fields."""
+    line = row if isinstance(row, bytes) else ",".join(row).encode()
+    return _SPLIT_BY_INDEX[int(split_index(row_keys([line], spec), spec)[0])]
 
 
-def _put(store: ObjectStore, key: str, body: bytes) -> dict[str, Any]:
-    """Create ``key`` with ``body``; an existing object with the same content counts as success."""
-    if not store.put_if_absent(key, body) and sha256(store.get(key)) != sha256(body):
-        raise StagingError(f"{store.uri(key)} exists with different content; the store was modified by hand")
-    return {"uri": store.uri(key), "key": key, "sha256": sha256(body)}
+# --------------------------------------------------------------------------------------------------
+# Scan: blocks of the source -> quarantine run + hash-partitioned spool
+
+
+def _blocks(chunks: Iterable[bytes], digest: Any, state: FileState) -> Iterator[tuple[bytes, int]]:
+    """Blocks of whole lines of about ``BLOCK_BYTES``, each with the line number it starts at.
+
+    Every byte read goes through ``digest``. A UTF-8 byte order mark is dropped; a last line without
+    a newline gets one.
+    """
+    pending: list[bytes] = []
+    size = 0
+    line = 1
+    first = True
+    for chunk in chunks:
+        digest.update(chunk)
+        pending.append(chunk)
+        size += len(chunk)
+        if size < BLOCK_BYTES:
+            continue
+        data = b"".join(pending)
+        cut = data.rfind(b"\n") + 1
+        if not cut:  # one line longer than a block: keep reading
+            pending, size = [data], len(data)
+            continue
+        block, rest = data[:cut], data[cut:]
+        if first:
+            block, first = _strip_bom(block, state), False
+        yield block, line
+        line += block.count(b"\n")
+        pending, size = [rest], len(rest)
+    data = b"".join(pending)
+    if first:
+        data = _strip_bom(data, state)
+    if data:
+        yield data if data.endswith(b"\n") else data + b"\n", line
+
+
+def _strip_bom(block: bytes, state: FileState) -> bytes:
+    if block.startswith(b"\xef\xbb\xbf"):
+        state.note("a UTF-8 byte order mark was removed")
+        return block[3:]
+    return block
+
+
+def _take_header(block: bytes, first_line: int, state: FileState) -> tuple[bytes, int, bool]:
+    """Find the first non-blank line; if it is a header, check it and cut it off. Returns whether it was found."""
+    check_encoding(block, first_line, state)
+    offset = 0
+    while offset < len(block):
+        end = block.index(b"\n", offset)
+        raw = block[offset:end].decode("utf-8").strip()
+        if raw:
+            fields = [value.strip() for value in next(csv.reader([raw]))]
+            if check_header(fields, state.source_uri):
+                state.note("a header row was read and checked")
+                return block[end + 1 :], first_line + 1, True
+            return block[offset:], first_line, True
+        offset, first_line = end + 1, first_line + 1
+    return b"", first_line, False
+
+
+class _QuarantineRun:
+    """Quarantined rows as CSV, written in line order; a sorted run to merge at the end."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.handle = path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.writer(self.handle, lineterminator="\n")
+        self.count = 0
+
+    def write(self, entries: list[tuple[int, str, str, str]]) -> None:
+        self.writer.writerows(entries)
+        self.count += len(entries)
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+def _read_run(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        for line, rule, reason, fields in csv.reader(handle):
+            yield int(line), rule, reason, fields
+
+
+class _Spool:
+    """Valid rows spooled to local files by key range: ``count`` partitions of the 64-bit key space."""
+
+    META = [("key", "<u8"), ("line", "<u8")]
+
+    def __init__(self, directory: Path, count: int) -> None:
+        self.directory = directory
+        self.count = count
+        self.shift = 64 - int(math.log2(count))
+
+    def rows_path(self, index: int) -> Path:
+        return self.directory / f"part-{index:04d}.rows"
+
+    def meta_path(self, index: int) -> Path:
+        return self.directory / f"part-{index:04d}.meta"
+
+    def add(self, lines, keys, numbers) -> None:
+        import numpy as np
+
+        parts = keys >> np.uint64(self.shift) if self.count > 1 else np.zeros(len(keys), dtype=np.uint64)
+        order = np.argsort(parts, kind="stable")
+        edges = np.searchsorted(parts[order], np.arange(self.count + 1, dtype=np.uint64))
+        meta = np.empty(len(keys), dtype=self.META)
+        meta["key"], meta["line"] = keys[order], numbers[order]
+        lines = lines[order]
+        for index in np.flatnonzero(np.diff(edges)):
+            start, stop = edges[index], edges[index + 1]
+            with self.rows_path(index).open("ab") as handle:
+                handle.write(b"\n".join(lines[start:stop].tolist()) + b"\n")
+            with self.meta_path(index).open("ab") as handle:
+                meta[start:stop].tofile(handle)
+
+    def load(self, index: int):
+        """The partition's rows (object array of bytes) and their keys and line numbers, or None."""
+        import numpy as np
+
+        if not self.meta_path(index).exists():
+            return None
+        meta = np.fromfile(self.meta_path(index), dtype=self.META)
+        lines = np.empty(len(meta), dtype=object)
+        lines[:] = self.rows_path(index).read_bytes().split(b"\n")[:-1]
+        return lines, meta["key"], meta["line"]
+
+
+def _partitions(size: int | None) -> int:
+    if size is None:
+        return UNSIZED_PARTITIONS
+    wanted = max(1, math.ceil(size / PARTITION_BYTES))
+    return min(MAX_PARTITIONS, 1 << (wanted - 1).bit_length())
+
+
+@dataclass
+class _Scan:
+    source_sha256: str
+    data_rows: int
+    counts: Counter
+    heavier: int
+    notes: list[str]
+
+
+def _scan(chunks, source_uri, spec, spool, rules: _QuarantineRun, moments: Moments) -> _Scan:
+    digest = hashlib.sha256()
+    state = FileState(source_uri)
+    counts: Counter[str] = Counter()
+    data_rows = heavier = 0
+    header_seen = False
+    started = time.monotonic()
+    scanned = reported = 0
+    for block, first_line in _blocks(chunks, digest, state):
+        scanned += len(block)
+        if not header_seen:
+            block, first_line, header_seen = _take_header(block, first_line, state)
+            if not block:
+                continue
+        checked = check_rows(block, first_line, state)
+        rules.write(checked.quarantine)
+        counts.update(rule for _, rule, _, _ in checked.quarantine)
+        data_rows += len(checked.lines) + len(checked.quarantine)
+        heavier += checked.heavier
+        moments.add(checked.values, checked.sexes)
+        spool.add(checked.lines, row_keys(checked.lines, spec), checked.numbers)
+        if scanned - reported >= PROGRESS_BYTES:
+            reported = scanned
+            elapsed = time.monotonic() - started
+            log.info(
+                "scanned %d MiB, %d rows (%d quarantined) in %.0f s", scanned >> 20, data_rows, rules.count, elapsed
+            )
+    if not header_seen:
+        raise StagingError(f"{source_uri} is empty")
+    if not data_rows:
+        raise StagingError(f"{source_uri} has a header but no data rows")
+    return _Scan(digest.hexdigest(), data_rows, counts, heavier, state.notes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Assemble: partitions in key order -> duplicates quarantined, split files in canonical order
+
+
+@dataclass
+class _SplitFile:
+    path: Path
+    digest: Any = field(default_factory=hashlib.sha256)
+    rows: int = 0
+
+    def __post_init__(self) -> None:
+        self.handle = self.path.open("wb")
+        self.write(HEADER)
+
+    def write(self, data: bytes) -> None:
+        self.handle.write(data)
+        self.digest.update(data)
+
+    def entry(self) -> dict[str, Any]:
+        self.handle.close()
+        return {"rows": self.rows, "sha256": self.digest.hexdigest(), "bytes": self.path.stat().st_size}
+
+
+def _duplicates(lines, keys, numbers) -> tuple[Any, list[tuple[int, str, str, str]]]:
+    """In rows sorted by (key, line): a mask of the rows to keep and a quarantine entry per exact duplicate."""
+    import numpy as np
+
+    keep = np.ones(len(keys), dtype=bool)
+    entries = []
+    group_key = None
+    first_of: dict[bytes, int] = {}
+    for index in np.flatnonzero(keys[1:] == keys[:-1]) + 1:  # rows whose key equals the previous row's
+        if keys[index] != group_key:
+            group_key, first_of = keys[index], {lines[index - 1]: index - 1}
+        original = first_of.setdefault(lines[index], index)
+        if original != index:  # equal key and equal text (equal keys alone would be a hash collision)
+            keep[index] = False
+            reason = f"exact duplicate of line {int(numbers[original])}"
+            entries.append((int(numbers[index]), "duplicate", reason, lines[index].decode()))
+    return keep, sorted(entries)
+
+
+def _values(entries: list[tuple[int, str, str, str]]):
+    """The numeric columns and Sex of quarantined duplicates (valid rows, so they parse)."""
+    import numpy as np
+
+    rows = [entry[3].split(",") for entry in entries]
+    return np.array([row[1:] for row in rows], dtype=np.float64), Counter(row[0] for row in rows)
+
+
+def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments, duplicates_dir: Path):
+    """Write the split files; return their entries, the sorted runs of duplicates and how many there are."""
+    import numpy as np
+
+    files = {name: _SplitFile(directory / f"{name}.csv") for name in _SPLIT_BY_INDEX}
+    runs = []
+    duplicates = 0
+    for index in range(spool.count):
+        loaded = spool.load(index)
+        if loaded is None:
+            continue
+        lines, keys, numbers = loaded
+        order = np.lexsort((numbers, keys))
+        lines, keys, numbers = lines[order], keys[order], numbers[order]
+        keep, entries = _duplicates(lines, keys, numbers)
+        if entries:
+            moments.remove(*_values(entries))
+            duplicates += len(entries)
+            run = _QuarantineRun(duplicates_dir / f"duplicates-{index:04d}.csv")
+            run.write(entries)
+            run.close()
+            runs.append(run.path)
+        lines, keys = lines[keep], keys[keep]
+        which = split_index(keys, spec)
+        for position, name in enumerate(_SPLIT_BY_INDEX):
+            chosen = lines[which == position]
+            if len(chosen):
+                files[name].write(b"\n".join(chosen.tolist()) + b"\n")
+                files[name].rows += len(chosen)
+        spool.rows_path(index).unlink()
+        spool.meta_path(index).unlink()
+    return {name: (files[name].path, files[name].entry()) for name in SPLITS}, runs, duplicates
+
+
+def _write_quarantine(path: Path, runs: list[Path]) -> tuple[dict[str, Any] | None, list]:
+    """Merge the sorted runs into one quarantine CSV in line order; None if nothing was quarantined."""
+    digest = hashlib.sha256()
+    first: list[tuple[int, str, str, str]] = []
+    count = 0
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(QUARANTINE_HEADER)
+        for entry in heapq.merge(*(_read_run(run) for run in runs)):
+            writer.writerow(entry)
+            count += 1
+            if len(first) < 3:
+                first.append(entry)
+    if not count:
+        return None, first
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return {"rows": count, "sha256": digest.hexdigest(), "bytes": path.stat().st_size}, first
+
+
+# --------------------------------------------------------------------------------------------------
+# Write: create-only uploads, verified; the manifest last
+
+
+def _verify_staged(store: ObjectStore, manifest: dict[str, Any], dataset_id: str) -> None:
+    """A dataset staged before is reused only if its objects still are what the manifest says."""
+    entries = [*manifest["splits"].values(), *([manifest["quarantine"]] if manifest.get("quarantine") else [])]
+    for entry in entries:
+        if "bytes" not in entry:
+            continue  # staged by an older version: the trainer still checks every split's sha256
+        try:
+            store.verify(entry["key"], entry["sha256"], entry["bytes"], reread=False)
+        except ContentMismatch as exc:
+            raise StagingError(
+                f"dataset {dataset_id} is staged, but {exc}: it changed after staging. Restore it or delete "
+                f"the prefix {store.uri(f'{DATASET_PREFIX}/{dataset_id}')} to stage it again"
+            ) from exc
+
+
+def _put(store: ObjectStore, key: str, path: Path, entry: dict[str, Any]) -> dict[str, Any]:
+    try:
+        written = store.put_file(key, path, entry["sha256"])
+    except ContentMismatch as exc:
+        raise StagingError(f"{exc}: the store was modified by hand; delete the object to stage it again") from exc
+    log.info(
+        "%s %s: %d rows, %d bytes, sha256 %s",
+        "staged" if written else "already staged (same sha256)",
+        store.uri(key),
+        entry["rows"],
+        entry["bytes"],
+        entry["sha256"],
+    )
+    return {**entry, "uri": store.uri(key), "key": key}
 
 
 def stage(
-    payload: bytes,
+    source: bytes | Iterable[bytes],
     source_uri: str,
     store: ObjectStore,
     spec: SplitSpec = SplitSpec(),
     policy: ValidationPolicy = DEFAULT_POLICY,
+    *,
+    size: int | None = None,
+    workdir: str | Path | None = None,
 ) -> StagedDataset:
-    """Validate ``payload`` and stage its splits, its quarantine and a manifest; a staged dataset is left as it is.
+    """Validate ``source`` (bytes, or chunks of bytes such as an ``objectstore.Source``) and stage it.
 
-    The prefix is derived from the valid rows, the quarantined rows and the split spec, so the same data
-    lands at the same prefix whatever its source. The manifest is written last and only if absent: its
-    presence means the objects it lists are complete.
+    ``size`` (or the source's own ``size``) sizes the partitions; ``workdir`` holds the spool, about
+    twice the source's size, and is removed afterwards. A dataset already staged is left as it is,
+    after checking its objects still match its manifest. Nothing is written if the source is refused.
     """
-    validated = validate(payload, source_uri, policy)
-    canonical = to_csv(validated.rows)
-    quarantine = quarantine_csv(validated) if validated.quarantine else b""
-    split_json = json.dumps(
-        {
-            "method": "sha256 of seed and row",
-            "seed": spec.seed,
-            "test_fraction": spec.test_fraction,
-            "validation_fraction": spec.validation_fraction,
-        },
-        sort_keys=True,
-    )
-    dataset_id = sha256(canonical + b"\0" + quarantine + b"\0" + split_json.encode())[:16]
-    prefix = f"{DATASET_PREFIX}/{dataset_id}"
-    manifest_key = f"{prefix}/{MANIFEST}"
-    summary = validated.summary()
-
-    def staged(manifest: dict[str, Any], written: bool) -> StagedDataset:
-        return StagedDataset(
-            dataset_id,
-            store.uri(manifest_key),
-            {split: entry["rows"] for split, entry in manifest["splits"].items()},
-            written,
-            source_uri,
-            sha256(payload),
-            validation=summary,
-            quarantine_uri=(manifest.get("quarantine") or {}).get("uri"),
-            statistics=manifest.get("statistics"),
-        )
-
-    if store.exists(manifest_key):
-        manifest = json.loads(store.get(manifest_key))
-        log.info("dataset %s is already staged at %s; not rewriting it", dataset_id, store.uri(prefix))
-        return staged(manifest, False)
-
-    splits = split_rows(validated.rows, spec)
-    entries = {}
-    for split in SPLITS:
-        entries[split] = {**_put(store, f"{prefix}/{split}.csv", to_csv(splits[split])), "rows": len(splits[split])}
+    chunks = [source] if isinstance(source, bytes) else source
+    size = len(source) if isinstance(source, bytes) else size if size is not None else getattr(source, "size", None)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="abalone-stage-", dir=workdir) as tmp:
+        directory = Path(tmp)
+        spool = _Spool(directory, _partitions(size))
+        rules = _QuarantineRun(directory / "rules.csv")
+        moments = Moments()
+        try:
+            scan = _scan(chunks, source_uri, spec, spool, rules, moments)
+        finally:
+            rules.close()
         log.info(
-            "staged %s: %d rows, sha256 %s", entries[split]["uri"], entries[split]["rows"], entries[split]["sha256"]
+            "scanned %s: %d data rows, %d quarantined, sha256 %s (%.1f s)",
+            source_uri,
+            scan.data_rows,
+            rules.count,
+            scan.source_sha256,
+            time.monotonic() - started,
         )
-    quarantine_entry = None
-    if quarantine:
-        quarantine_entry = {**_put(store, f"{prefix}/{QUARANTINE}", quarantine), "rows": len(validated.quarantine)}
-        log.warning(
-            "quarantined %d of %d rows (%s) in %s",
-            len(validated.quarantine),
-            validated.data_rows,
-            ", ".join(f"{rule}: {count}" for rule, count in sorted(validated.counts.items())),
-            quarantine_entry["uri"],
-        )
+        if rules.count:  # refuse early, before the assembly, when the row rules alone exceed the share
+            check_fraction(
+                rules.count,
+                scan.data_rows,
+                scan.counts,
+                list(itertools.islice(_read_run(rules.path), 3)),
+                source_uri,
+                policy,
+            )
+        splits, runs, duplicates = _assemble(spool, spec, directory, moments, directory)
+        quarantine, first = _write_quarantine(directory / QUARANTINE, [rules.path, *runs])
+        counts = Counter(scan.counts)
+        if duplicates:
+            counts["duplicate"] = duplicates
+        quarantined = quarantine["rows"] if quarantine else 0
+        check_fraction(quarantined, scan.data_rows, counts, first, source_uri, policy)
+        empty = [name for name, (_, entry) in splits.items() if not entry["rows"]]
+        if empty:
+            sizes = ", ".join(f"{name}={entry['rows']}" for name, (_, entry) in splits.items())
+            raise StagingError(
+                f"{scan.data_rows - quarantined} rows are too few to split into train, validation and test ({sizes})"
+            )
+
+        summary = {
+            "data_rows": scan.data_rows,
+            "valid_rows": scan.data_rows - quarantined,
+            "quarantined_rows": quarantined,
+            "quarantined_by_rule": dict(sorted(counts.items())),
+            "warnings": {"part_heavier_than_whole": scan.heavier} if scan.heavier else {},
+            "notes": scan.notes,
+        }
+        if scan.heavier:
+            log.warning("%s: %d rows have a part heavier than the whole abalone (kept)", source_uri, scan.heavier)
+        identity = {
+            "split": spec.describe(),
+            "splits": {name: entry["sha256"] for name, (_, entry) in splits.items()},
+            "quarantine": quarantine["sha256"] if quarantine else None,
+        }
+        dataset_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        prefix = f"{DATASET_PREFIX}/{dataset_id}"
+        manifest_key = f"{prefix}/{MANIFEST}"
+        log.info("dataset %s assembled in %.1f s", dataset_id, time.monotonic() - started)
+
+        def staged(manifest: dict[str, Any], written: bool) -> StagedDataset:
+            return StagedDataset(
+                dataset_id,
+                store.uri(manifest_key),
+                {split: entry["rows"] for split, entry in manifest["splits"].items()},
+                written,
+                source_uri,
+                scan.source_sha256,
+                validation=summary,
+                quarantine_uri=(manifest.get("quarantine") or {}).get("uri"),
+                statistics=manifest.get("statistics"),
+            )
+
+        if store.exists(manifest_key):
+            manifest = json.loads(store.get(manifest_key))
+            _verify_staged(store, manifest, dataset_id)
+            log.info("dataset %s is already staged at %s; not rewriting it", dataset_id, store.uri(prefix))
+            return staged(manifest, False)
+
+        quarantine_entry = None
+        if quarantine:
+            quarantine_entry = _put(store, f"{prefix}/{QUARANTINE}", directory / QUARANTINE, quarantine)
+            log.warning(
+                "quarantined %d of %d rows (%s) in %s",
+                quarantined,
+                scan.data_rows,
+                ", ".join(f"{rule}: {count}" for rule, count in sorted(counts.items())),
+                quarantine_entry["uri"],
+            )
+        entries = {name: _put(store, f"{prefix}/{name}.csv", path, entry) for name, (path, entry) in splits.items()}
 
     manifest = {
-        "schema_version": 2,
+        "schema_version": MANIFEST_VERSION,
         "dataset_id": dataset_id,
         "source_uri": source_uri,
-        "source_sha256": sha256(payload),
-        "rows": len(validated.rows),
+        "source_sha256": scan.source_sha256,
+        "rows": summary["valid_rows"],
         "columns": list(COLUMNS),
         "label": "Rings",
-        "split": json.loads(split_json),
+        "split": spec.describe(),
+        "row_order": "ascending split key within each split",
         "splits": entries,
         "validation": {**summary, "max_quarantine_fraction": policy.max_quarantine_fraction},
-        "statistics": statistics(validated.rows),
+        "statistics": moments.result(),
         "quarantine": quarantine_entry,
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
-    log.info("manifest %s %s", store.uri(manifest_key), "written" if written else "was written by a concurrent attempt")
+    log.info(
+        "manifest %s %s; staged in %.1f s",
+        store.uri(manifest_key),
+        "written" if written else "was written by a concurrent attempt",
+        time.monotonic() - started,
+    )
     return staged(manifest, written)

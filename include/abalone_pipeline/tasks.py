@@ -61,21 +61,21 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
     """Read ``source_uri``, validate and split it, and stage it in the configured object store."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from abalone_pipeline.objectstore import PermanentError, open_store, read_source
+    from abalone_pipeline.objectstore import PermanentError, open_source, open_store
     from abalone_pipeline.staging import StagingError, stage
     from abalone_pipeline.validation import ValidationPolicy
 
     factory = _s3_client_factory(settings)
+    policy = ValidationPolicy(max_quarantine_fraction=float(max_quarantine_fraction))
     try:
-        payload = read_source(source_uri, factory, max_bytes=settings.max_source_bytes)
-    except PermanentError as exc:
-        # A missing, forbidden or oversized source will not fix itself on retry; other errors are retried.
-        raise AirflowFailException(f"cannot stage: {exc}") from exc
-    log.info("read %d bytes from %s", len(payload), source_uri)
-    try:
-        policy = ValidationPolicy(max_quarantine_fraction=float(max_quarantine_fraction))
-        staged = stage(payload, source_uri, open_store(settings.object_store_uri, factory), policy=policy)
-    except StagingError as exc:
+        store = open_store(settings.object_store_uri, factory)
+        with open_source(source_uri, factory, max_bytes=settings.max_source_bytes) as source:
+            size = f"{source.size:,} bytes" if source.size is not None else "size not known up front"
+            log.info("staging %s (%s) into %s", source_uri, size, settings.object_store_uri)
+            staged = stage(source, source_uri, store, policy=policy, workdir=settings.staging_dir)
+    except (PermanentError, StagingError) as exc:
+        # A missing, forbidden, oversized or invalid source, or a staged object changed by hand, will not
+        # fix itself on retry; other errors (the network, the store) are retried.
         raise AirflowFailException(f"cannot stage: {exc}") from exc
     log.info("dataset %s: %s (%s)", staged.dataset_id, staged.manifest_uri, staged.rows)
     summary = staged.validation

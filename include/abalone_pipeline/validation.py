@@ -1,16 +1,17 @@
 """Validate an abalone source against a declared schema: file-level rules fail the run, row-level rules quarantine.
 
-The row rules are a pandera schema (``ROW_SCHEMA``) over the typed columns; this module only reads the
-file, decides what is a file-level failure, and turns pandera's failure cases into one reason per row.
+The row rules are a pandera schema (``_row_schema``) over the typed columns; this module reads a block
+of lines, decides what is a file-level failure, and turns pandera's failure cases into one reason per
+row. It works block by block so that a source of any size is checked in bounded memory; the rule that
+spans blocks (exact duplicates) is applied where the rows are grouped by hash, in ``staging``.
 """
 
 from __future__ import annotations
 
 import csv
-import io
+import functools
 import logging
 import re
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ COLUMNS: tuple[str, ...] = (
     "Rings",
 )
 MEASUREMENTS: tuple[str, ...] = COLUMNS[1:-1]
+NUMERIC: tuple[str, ...] = COLUMNS[1:]
 PARTS: tuple[str, ...] = ("Shucked_weight", "Viscera_weight", "Shell_weight")
 SEXES: tuple[str, ...] = ("M", "F", "I")
 # The oldest abalone in the UCI data has 29 rings; 50 leaves room for real outliers and still catches a
@@ -54,28 +56,7 @@ class ValidationPolicy:
 DEFAULT_POLICY = ValidationPolicy()
 
 
-@dataclass
-class Validated:
-    """The rows that passed, those quarantined with a reason each, and what was only worth a warning."""
-
-    rows: list[list[str]]
-    quarantine: list[dict[str, Any]]
-    data_rows: int
-    counts: dict[str, int] = field(default_factory=dict)  # quarantined rows per rule
-    warnings: dict[str, int] = field(default_factory=dict)  # rows kept, but worth a look
-    notes: list[str] = field(default_factory=list)  # what was normalised at file level
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "data_rows": self.data_rows,
-            "valid_rows": len(self.rows),
-            "quarantined_rows": len(self.quarantine),
-            "quarantined_by_rule": dict(sorted(self.counts.items())),
-            "warnings": dict(sorted(self.warnings.items())),
-            "notes": self.notes,
-        }
-
-
+@functools.cache
 def _row_schema():
     """The row rules, as a pandera schema over the typed columns (built lazily: pandera is heavy)."""
     import numpy as np
@@ -86,7 +67,7 @@ def _row_schema():
     measurement = pa.Column(float, checks=[finite, positive], nullable=False)
     return pa.DataFrameSchema(
         {
-            "Sex": pa.Column(str, pa.Check.isin(SEXES)),
+            "Sex": pa.Column(None, pa.Check.isin(SEXES)),  # categorical or str: the values are what count
             **{name: measurement for name in MEASUREMENTS},
             "Rings": pa.Column(
                 float,
@@ -106,28 +87,7 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
-def _read_lines(payload: bytes, source_uri: str, notes: list[str]) -> list[tuple[int, list[str]]]:
-    """Decode and split into (line number, stripped fields), blank lines dropped; BOM and CRLF accepted."""
-    if payload.startswith(b"\xef\xbb\xbf"):
-        notes.append("a UTF-8 byte order mark was removed")
-    try:
-        text = payload.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise StagingError(f"{source_uri} is not UTF-8 text (byte {exc.start}): {exc.reason}") from exc
-    if "\r\n" in text:
-        notes.append("CRLF line endings were read as LF")
-    if "\x00" in text:
-        raise StagingError(f"{source_uri} contains NUL bytes: it is not a CSV text file")
-    lines = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    for fields in reader:
-        fields = [value.strip() for value in fields]
-        if fields and fields != [""]:
-            lines.append((reader.line_num, fields))  # the physical line, as an editor shows it
-    return lines
-
-
-def _check_header(fields: list[str], source_uri: str) -> bool:
+def check_header(fields: list[str], source_uri: str) -> bool:
     """Whether the first row is a header; a header with wrong, renamed or reordered columns fails the file."""
     try:
         float(fields[1] if len(fields) > 1 else "x")
@@ -155,98 +115,203 @@ def _check_header(fields: list[str], source_uri: str) -> bool:
     raise StagingError(f"{source_uri}: unknown or renamed columns: {'; '.join(wrong)}")
 
 
-def validate(payload: bytes, source_uri: str, policy: ValidationPolicy | None = None) -> Validated:
-    """Apply the file and row rules to ``payload``; raise ``StagingError`` if the source must be refused."""
-    import numpy as np
-    import pandas as pd
-    import pandera.errors
+@dataclass
+class FileState:
+    """What the file-level rules learn across blocks: notes on what was normalised, the first data row."""
 
-    policy = policy or DEFAULT_POLICY
-    notes: list[str] = []
-    lines = _read_lines(payload, source_uri, notes)
-    if not lines:
-        raise StagingError(f"{source_uri} is empty")
-    if _check_header(lines[0][1], source_uri):
-        lines = lines[1:]
-        notes.append("a header row was read and checked")
-    if not lines:
-        raise StagingError(f"{source_uri} has a header but no data rows")
-    first_line, first = lines[0]
-    if len(first) != len(COLUMNS):
+    source_uri: str
+    notes: list[str] = field(default_factory=list)
+    first_row_checked: bool = False
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+@dataclass
+class Block:
+    """The outcome of the row rules on one block of lines.
+
+    ``lines`` holds each valid row in canonical form (fields stripped, joined by commas) and ``numbers``
+    its physical line in the source; ``values`` are the valid rows' numeric columns; ``sexes`` counts
+    the valid rows of each Sex.
+    """
+
+    lines: Any  # numpy object array of bytes
+    numbers: Any  # numpy uint64 array
+    values: Any  # numpy float64 array, one column per numeric column
+    sexes: dict[str, int]
+    quarantine: list[tuple[int, str, str, str]]  # (line, rule, reason, fields as read)
+    heavier: int  # valid rows with a part heavier than the whole
+
+
+def check_encoding(block: bytes, first_line: int, state: FileState) -> bool:
+    """Refuse bytes that are not UTF-8 text; return whether the block is plain ASCII."""
+    import numpy as np
+
+    ascii_only = not len(block) or int(np.frombuffer(block, np.uint8).max()) < 128
+    if not ascii_only:
+        try:
+            block.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = first_line + block.count(b"\n", 0, exc.start)
+            raise StagingError(f"{state.source_uri} line {line} is not UTF-8 text: {exc.reason}") from exc
+    if b"\x00" in block:
+        line = first_line + block.count(b"\n", 0, block.index(b"\x00"))
+        raise StagingError(f"{state.source_uri} line {line} contains NUL bytes: it is not a CSV text file")
+    return ascii_only
+
+
+IRREGULAR = (b"\r", b'"', b" ", b"\t", b"\n\n")
+
+
+def _is_canonical(block: bytes, ascii_only: bool) -> bool:
+    """Whether every line of the block is already in canonical form: plain ASCII, nothing to strip."""
+    return ascii_only and not block.startswith(b"\n") and not any(mark in block for mark in IRREGULAR)
+
+
+def _read_lines(block: bytes, first_line: int, state: FileState):
+    """The block's non-blank lines in canonical form with their line numbers, and the malformed ones.
+
+    Each line is read with ``csv`` (quotes allowed; a quoted field cannot span lines); a row whose field
+    count is wrong or whose field holds a comma or a quote is malformed.
+    """
+    import numpy as np
+
+    text = block.decode("utf-8")
+    if "\r\n" in text:
+        state.note("CRLF line endings were read as LF")
+    lines, numbers, malformed = [], [], []
+    for offset, raw in enumerate(text.split("\n")[:-1]):
+        fields = [value.strip() for value in next(csv.reader([raw.removesuffix("\r")]), [])]
+        if not fields or fields == [""]:
+            continue
+        line = first_line + offset
+        if len(fields) != len(COLUMNS):
+            reason = f"has {len(fields)} fields, expected {len(COLUMNS)}"
+            malformed.append((line, "column_count", reason, ",".join(fields)))
+        elif any("," in value or '"' in value for value in fields):
+            malformed.append((line, "field_format", "a field contains a comma or a quote", ",".join(fields)))
+        else:
+            lines.append(",".join(fields).encode())
+            numbers.append(line)
+    return lines, np.array(numbers, dtype=np.uint64), malformed
+
+
+def _typed(body: bytes):
+    """The rows of ``body`` (canonical lines) as a DataFrame with float numeric columns and a categorical
+    Sex; a value that is not a number becomes NaN.
+
+    None if a row has the wrong number of fields: the caller reads such a block line by line.
+    """
+    import io
+
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    wrong_width = []
+
+    def on_invalid(row) -> str:
+        wrong_width.append(row)
+        return "skip"
+
+    body = io.BytesIO(body)
+    read = pacsv.ReadOptions(column_names=list(COLUMNS), block_size=4 << 20)
+    parse = pacsv.ParseOptions(invalid_row_handler=on_invalid)
+    types = {name: pa.float64() for name in COLUMNS[1:]} | {"Sex": pa.dictionary(pa.int32(), pa.string())}
+    try:
+        table = pacsv.read_csv(body, read, parse, pacsv.ConvertOptions(column_types=types))
+    except pa.ArrowInvalid:  # a value that is not a number: read strings, coerce column by column
+        body.seek(0)
+        strings = pacsv.ConvertOptions(column_types=dict.fromkeys(NUMERIC, pa.string()) | {"Sex": types["Sex"]})
+        table = pacsv.read_csv(body, read, parse, strings)
+        frame = table.to_pandas()
+        for name in COLUMNS[1:]:
+            frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    else:
+        frame = table.to_pandas()
+    return None if wrong_width else frame
+
+
+def _check_first_row(lines: list[bytes], numbers, malformed: list, state: FileState) -> None:
+    """A file whose first data row has the wrong number of fields is not this dataset: refuse it."""
+    if state.first_row_checked or not (lines or malformed):
+        return
+    state.first_row_checked = True
+    first_valid = int(numbers[0]) if len(lines) else None
+    if malformed and malformed[0][1] == "column_count" and (first_valid is None or malformed[0][0] < first_valid):
+        line, _, _, fields = malformed[0]
         raise StagingError(
-            f"{source_uri} line {first_line}: expected {len(COLUMNS)} columns ({', '.join(COLUMNS)}), "
-            f"found {len(first)}"
+            f"{state.source_uri} line {line}: expected {len(COLUMNS)} columns ({', '.join(COLUMNS)}), "
+            f"found {len(fields.split(','))}"
         )
 
-    quarantine: list[dict[str, Any]] = []
-    counts: Counter[str] = Counter()
 
-    def reject(line: int, fields: list[str], rule: str, reason: str) -> None:
-        quarantine.append({"line": line, "rule": rule, "reason": reason, "fields": fields})
-        counts[rule] += 1
+def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
+    """Apply the row rules to a block of whole lines that starts at line ``first_line`` of the source."""
+    import numpy as np
+    import pandera.errors
 
-    shaped = []
-    for line, fields in lines:
-        if len(fields) == len(COLUMNS):
-            shaped.append((line, fields))
-        else:
-            reject(line, fields, "column_count", f"has {len(fields)} fields, expected {len(COLUMNS)}")
+    ascii_only = check_encoding(block, first_line, state)
+    frame = None
+    quarantine: list[tuple[int, str, str, str]] = []
+    if _is_canonical(block, ascii_only):
+        lines = block.split(b"\n")
+        lines.pop()  # the block ends with a newline
+        numbers = first_line + np.arange(len(lines), dtype=np.uint64)
+        frame = _typed(block)
+    if frame is None:
+        lines, numbers, quarantine = _read_lines(block, first_line, state)
+        frame = _typed(b"\n".join(lines) + b"\n") if lines else None
+    _check_first_row(lines, numbers, quarantine, state)
+    if frame is None:
+        return Block(np.array([], dtype=object), numbers, np.zeros((0, len(NUMERIC))), {}, quarantine, 0)
 
-    raw = pd.DataFrame([fields for _, fields in shaped], columns=list(COLUMNS), index=[n for n, _ in shaped])
-    typed = raw.copy()
-    for name in COLUMNS[1:]:
-        typed[name] = pd.to_numeric(raw[name], errors="coerce").astype("float64")
-    bad_reasons: dict[int, list[tuple[str, str]]] = {}
+    bad: dict[int, list[tuple[str, str]]] = {}
     try:
-        _row_schema().validate(typed, lazy=True)
+        _row_schema().validate(frame, lazy=True)
     except pandera.errors.SchemaErrors as errors:
-        cases = errors.failure_cases
-        for case in cases.itertuples(index=False):
+        for case in errors.failure_cases.itertuples(index=False):
             if case.index is None or (isinstance(case.index, float) and np.isnan(case.index)):
-                raise StagingError(f"{source_uri}: {case.check} failed for {case.column}") from errors
-            line = int(case.index)
-            column = case.column
-            text = raw.at[line, column]
+                raise StagingError(f"{state.source_uri}: {case.check} failed for {case.column}") from errors
+            row, column = int(case.index), case.column
+            text = lines[row].split(b",")[COLUMNS.index(column)].decode()
             if case.check == "not_nullable":
                 rule, message = f"{column}:not_numeric", f"{column} is not a number (found {text!r})"
             else:
                 check = str(case.check).split("(")[0]
-                rule = f"{column}:{check}"
-                message = f"{column} {_CHECK_TEXT.get(check, check)} (found {text!r})"
-            bad_reasons.setdefault(line, []).append((rule, message))
-    for line, reasons in bad_reasons.items():
+                rule, message = f"{column}:{check}", f"{column} {_CHECK_TEXT.get(check, check)} (found {text!r})"
+            bad.setdefault(row, []).append((rule, message))
+    for row, reasons in bad.items():
         # One entry per row; its first broken rule names it in the counts.
-        reject(line, raw.loc[line].tolist(), reasons[0][0], "; ".join(message for _, message in reasons))
+        reason = "; ".join(message for _, message in reasons)
+        quarantine.append((int(numbers[row]), reasons[0][0], reason, lines[row].decode()))
+    quarantine.sort()
 
-    good = typed.drop(index=list(bad_reasons))
-    duplicated = raw.loc[good.index].duplicated(keep="first")
-    first_seen: dict[tuple[str, ...], int] = {}
-    for line, fields in raw.loc[good.index].iterrows():
-        key = tuple(fields)
-        if duplicated.at[line]:
-            reject(line, list(key), "duplicate", f"exact duplicate of line {first_seen[key]}")
-        else:
-            first_seen.setdefault(key, line)
-    good = good.loc[~duplicated]
+    keep = np.ones(len(lines), dtype=bool)
+    keep[list(bad)] = False
+    values = frame[list(NUMERIC)].to_numpy(dtype=np.float64)[keep]
+    parts = values[:, [NUMERIC.index(name) for name in PARTS]].max(axis=1)
+    heavier = int((parts > values[:, NUMERIC.index("Whole_weight")]).sum())
+    objects = np.empty(len(lines), dtype=object)
+    objects[:] = lines
+    sexes = frame["Sex"][keep].value_counts()
+    return Block(objects[keep], numbers[keep], values, sexes.to_dict(), quarantine, heavier)
 
-    warnings: dict[str, int] = {}
-    heavier = int((good[list(PARTS)].max(axis=1) > good["Whole_weight"]).sum())
-    if heavier:
-        warnings["part_heavier_than_whole"] = heavier
-        log.warning("%s: %d rows have a part heavier than the whole abalone (kept)", source_uri, heavier)
 
-    quarantine.sort(key=lambda entry: entry["line"])
-    data_rows = len(lines)
-    fraction = len(quarantine) / data_rows
+def check_fraction(
+    quarantined: int, data_rows: int, counts: dict[str, int], first: list, source_uri: str, policy: ValidationPolicy
+) -> None:
+    """Refuse the source if more than the tolerated share of its rows is quarantined."""
+    fraction = quarantined / data_rows if data_rows else 0.0
     if fraction > policy.max_quarantine_fraction:
-        rules = ", ".join(f"{rule} ({count})" for rule, count in counts.most_common())
-        examples = "; ".join(f"line {q['line']}: {q['reason']}" for q in quarantine[:3])
+        rules = ", ".join(f"{rule} ({count})" for rule, count in sorted(counts.items(), key=lambda kv: -kv[1]))
+        examples = "; ".join(f"line {line}: {reason}" for line, _, reason, _ in first[:3])
         raise StagingError(
-            f"{source_uri}: {len(quarantine)} of {data_rows} rows ({fraction:.1%}) break the row rules, more than "
-            f"the {policy.max_quarantine_fraction:.1%} allowed: {rules}. First: {examples}"
+            f"{source_uri}: {quarantined} of {data_rows} rows ({fraction:.1%}) break the row rules, more "
+            f"than the {policy.max_quarantine_fraction:.1%} allowed: {rules}. First: {examples}"
         )
-    rows = raw.loc[good.index].values.tolist()
-    return Validated(rows, quarantine, data_rows, dict(counts), warnings, notes)
 
 
 _CHECK_TEXT = {

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import random
 
 import pytest
 
+from abalone_pipeline import staging
 from abalone_pipeline.objectstore import LocalStore
-from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, split_of, split_rows, stage
-from abalone_pipeline.validation import ValidationPolicy, validate
+from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, row_keys, split_of, stage
+from abalone_pipeline.validation import ValidationPolicy
 
 
 @pytest.fixture
@@ -24,22 +28,47 @@ def rows_of(count: int) -> bytes:
     return b"".join(f"M,0.{i + 100},0.3,0.1,0.5,0.2,0.1,0.15,{1 + i % 20}\n".encode() for i in range(count))
 
 
-def test_the_real_file_quarantines_its_two_zero_heights(abalone_bytes):
-    validated = validate(abalone_bytes, "abalone.data")
-    assert validated.data_rows == 4177 and len(validated.rows) == 4175
-    assert [(q["line"], q["rule"]) for q in validated.quarantine] == [
-        (1258, "Height:greater_than"),
-        (3997, "Height:greater_than"),
+def manifest_of(store, staged) -> dict:
+    return json.loads(store.get(staged.manifest_uri.removeprefix(store.root_uri + "/")))
+
+
+def quarantined(store, staged) -> list[dict]:
+    manifest = manifest_of(store, staged)
+    if not manifest["quarantine"]:
+        return []
+    return list(csv.DictReader(io.StringIO(store.get(manifest["quarantine"]["key"]).decode())))
+
+
+def split_rows(store, staged) -> dict[str, list[bytes]]:
+    """Each split's rows as canonical lines, header dropped."""
+    manifest = manifest_of(store, staged)
+    return {name: store.get(entry["key"]).splitlines()[1:] for name, entry in manifest["splits"].items()}
+
+
+def test_the_real_file_quarantines_its_two_zero_heights(store, abalone_bytes):
+    staged = stage(abalone_bytes, "abalone.data", store)
+    assert staged.validation["data_rows"] == 4177 and staged.validation["valid_rows"] == 4175
+    assert [(q["line"], q["rule"]) for q in quarantined(store, staged)] == [
+        ("1258", "Height:greater_than"),
+        ("3997", "Height:greater_than"),
     ]
-    assert validated.warnings == {"part_heavier_than_whole": 4}, "kept, but counted"
+    assert staged.validation["warnings"] == {"part_heavier_than_whole": 4}, "kept, but counted"
 
 
-def test_a_header_bom_and_crlf_are_read_as_the_plain_file(abalone_bytes):
-    plain = validate(abalone_bytes, "x").rows
-    variant = b"\xef\xbb\xbf" + (HEADER + abalone_bytes).replace(b"\n", b"\r\n")
-    validated = validate(variant, "x")
-    assert validated.rows == plain
-    assert len(validated.notes) == 3, validated.notes  # BOM, CRLF, header
+def test_a_header_bom_and_crlf_are_read_as_the_plain_file(store, abalone_bytes):
+    plain = stage(abalone_bytes, "x", store)
+    variant = stage(b"\xef\xbb\xbf" + (HEADER + abalone_bytes).replace(b"\n", b"\r\n"), "x", store)
+    assert split_rows(store, variant) == split_rows(store, plain)
+    assert [q["line"] for q in quarantined(store, variant)] == ["1259", "3998"], "lines as an editor shows them"
+    assert len(variant.validation["notes"]) == 3, variant.validation["notes"]  # BOM, CRLF, header
+
+
+def test_spaces_quotes_and_blank_lines_are_normalised(store):
+    plain = stage(rows_of(300), "x", store)
+    lines = rows_of(300).splitlines()
+    lines[5] = b' M , 0.105,0.3, 0.1,0.5,"0.2",0.1,0.15,6'
+    messy = b"\n\n".join(lines) + b"\n"
+    assert stage(messy, "x", store).dataset_id == plain.dataset_id
 
 
 @pytest.mark.parametrize(
@@ -56,9 +85,10 @@ def test_a_header_bom_and_crlf_are_read_as_the_plain_file(abalone_bytes):
         (b"M,0.4,0.3,0.1,0.5,0.2,0.1,0.15\n" + GOOD, "line 1: expected 9 columns"),
     ],
 )
-def test_file_level_problems_refuse_the_source(payload, message):
+def test_file_level_problems_refuse_the_source(store, payload, message):
     with pytest.raises(StagingError, match=message):
-        validate(payload, "src.csv")
+        stage(payload, "src.csv", store)
+    assert not store.root.exists() or not any(store.root.rglob("*")), "nothing is written"
 
 
 @pytest.mark.parametrize(
@@ -77,46 +107,138 @@ def test_file_level_problems_refuse_the_source(payload, message):
         (b"F,0.5,0.4,0.1,0.6,0.2,0.1,0.2,9", "duplicate", "exact duplicate of line 1"),
     ],
 )
-def test_bad_rows_are_quarantined_with_their_line_rule_and_reason(line, rule, reason):
+def test_bad_rows_are_quarantined_with_their_line_rule_and_reason(store, line, rule, reason):
     payload = GOOD + line + b"\n" + rows_of(200)
-    validated = validate(payload, "src", ValidationPolicy(max_quarantine_fraction=0.01))
-    (entry,) = validated.quarantine
-    assert entry["line"] == 2 and entry["rule"] == rule and reason in entry["reason"]
-    assert len(validated.rows) == 201 and validated.counts == {rule: 1}
+    staged = stage(payload, "src", store, policy=ValidationPolicy(max_quarantine_fraction=0.01))
+    (entry,) = quarantined(store, staged)
+    assert entry["line"] == "2" and entry["rule"] == rule and reason in entry["reason"]
+    assert staged.validation["valid_rows"] == 201 and staged.validation["quarantined_by_rule"] == {rule: 1}
+    assert sum(staged.rows.values()) == 201
 
 
-def test_too_many_bad_rows_refuse_the_source_naming_rules_and_counts():
+def test_too_many_bad_rows_refuse_the_source_naming_rules_and_counts(store):
     payload = rows_of(50) + b"X,0.4,0.3,0.1,0.5,0.2,0.1,0.15,7\n" * 2 + b"M,?,0.3,0.1,0.5,0.2,0.1,0.15,7\n"
     with pytest.raises(
         StagingError,
         match=r"src: 3 of 53 rows \(5\.7%\) .* more than the 1\.0% allowed: "
         r"Sex:isin \(2\), Length:not_numeric \(1\)\. First: line 51",
     ):
-        validate(payload, "src")
-    assert len(validate(payload, "src", ValidationPolicy(0.1)).quarantine) == 3
+        stage(payload, "src", store)
+    assert not store.root.exists() or not any(store.root.rglob("*"))
+    assert len(quarantined(store, stage(payload, "src", store, policy=ValidationPolicy(0.1)))) == 3
 
 
-def test_parts_heavier_than_the_whole_are_kept_with_a_warning():
+def test_duplicates_are_counted_against_the_share_too(store):
+    payload = rows_of(50) + rows_of(3)
+    with pytest.raises(
+        StagingError, match=r"3 of 53 rows .* duplicate \(3\)\. First: line 51: exact duplicate of line 1"
+    ):
+        stage(payload, "src", store)
+
+
+def test_parts_heavier_than_the_whole_are_kept_with_a_warning(store):
     heavy = b"M,0.4,0.3,0.1,0.5,0.6,0.1,0.15,7\n"  # shucked 0.6 > whole 0.5
-    validated = validate(heavy + rows_of(10), "src")
-    assert len(validated.rows) == 11 and validated.warnings == {"part_heavier_than_whole": 1}
+    staged = stage(heavy + rows_of(10), "src", store, SplitSpec(test_fraction=0.3, validation_fraction=0.3))
+    assert staged.validation["valid_rows"] == 11
+    assert staged.validation["warnings"] == {"part_heavier_than_whole": 1}
 
 
-def test_split_is_per_row_deterministic_disjoint_and_complete(abalone_bytes):
-    rows = validate(abalone_bytes, "x").rows
-    first = split_rows(rows, SplitSpec())
-    assert first == split_rows(rows, SplitSpec())
+def _siphash24(key: bytes, data: bytes) -> int:
+    """SipHash-2-4, written out from the paper, to pin what pandas computes."""
+    mask = (1 << 64) - 1
+
+    def rotl(x, b):
+        return ((x << b) | (x >> (64 - b))) & mask
+
+    k0, k1 = int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little")
+    v = [k0 ^ 0x736F6D6570736575, k1 ^ 0x646F72616E646F6D, k0 ^ 0x6C7967656E657261, k1 ^ 0x7465646279746573]
+
+    def rounds(n):
+        for _ in range(n):
+            v[0] = (v[0] + v[1]) & mask
+            v[1] = rotl(v[1], 13) ^ v[0]
+            v[0] = rotl(v[0], 32)
+            v[2] = (v[2] + v[3]) & mask
+            v[3] = rotl(v[3], 16) ^ v[2]
+            v[0] = (v[0] + v[3]) & mask
+            v[3] = rotl(v[3], 21) ^ v[0]
+            v[2] = (v[2] + v[1]) & mask
+            v[1] = rotl(v[1], 17) ^ v[2]
+            v[2] = rotl(v[2], 32)
+
+    tail = len(data) % 8
+    for offset in range(0, len(data) - tail, 8):
+        m = int.from_bytes(data[offset : offset + 8], "little")
+        v[3] ^= m
+        rounds(2)
+        v[0] ^= m
+    m = ((len(data) & 0xFF) << 56) | int.from_bytes(data[len(data) - tail :], "little")
+    v[3] ^= m
+    rounds(2)
+    v[0] ^= m
+    v[2] ^= 0xFF
+    rounds(4)
+    return v[0] ^ v[1] ^ v[2] ^ v[3]
+
+
+def _splitmix_finaliser(x: int) -> int:
+    mask = (1 << 64) - 1
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & mask
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & mask
+    return x ^ (x >> 31)
+
+
+def test_row_keys_are_the_documented_keyed_siphash():
+    spec = SplitSpec()
+    rows = [b"M,0.455,0.365,0.095,0.514,0.2245,0.101,0.15,15", b"I,0.43,0.34,0.11,0.428,0.2065,0.086,0.115,8", b""]
+    expected = [_splitmix_finaliser(_siphash24(spec.hash_key.encode(), row)) for row in rows]
+    assert row_keys(rows, spec).tolist() == expected
+
+
+def test_split_is_per_row_deterministic_disjoint_and_complete(store, abalone_bytes):
+    staged = stage(abalone_bytes, "x", store)
+    first = split_rows(store, staged)
     sizes = {name: len(part) for name, part in first.items()}
-    assert abs(sizes["test"] - 0.2 * len(rows)) < 60 and abs(sizes["validation"] - 0.1 * len(rows)) < 50
-    assert sorted(row for part in first.values() for row in part) == sorted(rows)
-    assert split_rows(rows, SplitSpec(seed=7))["test"] != first["test"]
-    # A row keeps its split when the data grows or loses other rows.
-    grown = split_rows([*rows[:1000], ["M", "0.1", "0.1", "0.1", "0.1", "0.01", "0.01", "0.01", "3"]], SplitSpec())
-    for split, part in grown.items():
+    assert abs(sizes["test"] - 0.2 * 4175) < 100 and abs(sizes["validation"] - 0.1 * 4175) < 60
+    assert sum(sizes.values()) == 4175 and len({row for part in first.values() for row in part}) == 4175
+    for split, part in first.items():
         assert all(split_of(row, SplitSpec()) == split for row in part)
-        assert set(map(tuple, part)) - {("M", "0.1", "0.1", "0.1", "0.1", "0.01", "0.01", "0.01", "3")} <= set(
-            map(tuple, first[split])
-        )
+        keys = row_keys(part, SplitSpec())
+        assert (keys[1:] >= keys[:-1]).all(), "rows are in ascending key order"
+    assert split_rows(store, stage(abalone_bytes, "x", store, SplitSpec(seed=7)))["test"] != first["test"]
+    # A row keeps its split when the data grows or loses other rows.
+    lines = abalone_bytes.splitlines()
+    new_row = b"M,0.1,0.1,0.1,0.1,0.01,0.01,0.01,3"
+    grown = split_rows(store, stage(b"\n".join([*lines[:1000], new_row]) + b"\n", "x", store))
+    for split, part in grown.items():
+        assert set(part) - {new_row} <= set(first[split])
+
+
+def test_the_dataset_does_not_depend_on_row_order_or_block_size(store, abalone_bytes, monkeypatch):
+    base = stage(abalone_bytes, "x", store).dataset_id
+    lines = abalone_bytes.splitlines()
+    random.Random(1).shuffle(lines)
+    shuffled = b"\n".join(lines) + b"\n"
+    monkeypatch.setattr(staging, "BLOCK_BYTES", 4096)  # many blocks, many partitions
+    monkeypatch.setattr(staging, "PARTITION_BYTES", 8192)
+    chunks = [shuffled[i : i + 1000] for i in range(0, len(shuffled), 1000)]
+    streamed = stage(chunks, "x", store, size=len(shuffled))
+    assert streamed.dataset_id != base, "the quarantine names other lines: part of the dataset"
+    assert split_rows(store, streamed) == split_rows(store, stage(abalone_bytes, "x", store))
+
+
+def test_duplicates_are_found_across_blocks_and_partitions(store, monkeypatch):
+    monkeypatch.setattr(staging, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(staging, "PARTITION_BYTES", 1024)
+    payload = rows_of(400) + rows_of(2)
+    staged = stage([payload], "x", store, policy=ValidationPolicy(0.01), size=len(payload))
+    assert [(q["line"], q["reason"]) for q in quarantined(store, staged)] == [
+        ("401", "exact duplicate of line 1"),
+        ("402", "exact duplicate of line 2"),
+    ]
+    assert staged.statistics["rows"] == 400 and sum(staged.rows.values()) == 400
 
 
 def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone_bytes):
@@ -128,7 +250,7 @@ def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone
     assert manifest["columns"] == list(COLUMNS)
     for split, entry in manifest["splits"].items():
         body = store.get(entry["key"])
-        assert hashlib.sha256(body).hexdigest() == entry["sha256"]
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"] and len(body) == entry["bytes"]
         assert body.count(b"\n") == entry["rows"] + 1  # the header
         assert entry["uri"] == store.uri(f"{prefix}/{split}.csv")
     assert sum(e["rows"] for e in manifest["splits"].values()) == 4175
@@ -170,6 +292,14 @@ def test_a_split_changed_by_hand_is_detected(store, abalone_bytes):
     manifest_path = store.root / f"datasets/abalone/{staged.dataset_id}/manifest.json"
     manifest_path.unlink()  # as if the first attempt died before committing the manifest
     (store.root / f"datasets/abalone/{staged.dataset_id}/test.csv").write_bytes(b"tampered")
-    with pytest.raises(StagingError, match="different content"):
+    with pytest.raises(StagingError, match="modified by hand"):
         stage(abalone_bytes, "a", store)
     assert not manifest_path.exists()
+
+
+def test_a_staged_dataset_changed_afterwards_is_refused(store, abalone_bytes):
+    staged = stage(abalone_bytes, "a", store)
+    train = store.root / f"datasets/abalone/{staged.dataset_id}/train.csv"
+    train.write_bytes(train.read_bytes().replace(b"M,", b"F,", 1))  # same size, other content
+    with pytest.raises(StagingError, match="changed after staging"):
+        stage(abalone_bytes, "a", store)
