@@ -48,32 +48,36 @@ class Moments:
         self.sexes = dict.fromkeys(SEXES, 0)
         self.bands = {name: 0 for name, _, _ in RINGS_BANDS}
 
-    def _counts(self, values, sexes: dict[str, int], sign: int) -> None:
-        rings = values[:, -1]
+    def _counts(self, columns, sexes: dict[str, int], sign: int) -> None:
+        rings = columns[-1]
         for name in SEXES:
             self.sexes[name] += sign * int(sexes.get(name, 0))
         for name, low, high in RINGS_BANDS:
             self.bands[name] += sign * int(((rings > low) & (rings <= high)).sum())
 
-    def add(self, values, sexes: dict[str, int]) -> None:
-        """Take in rows: ``values`` with one column per numeric column, ``sexes`` the rows of each Sex."""
-        if not len(values):
-            return
-        self.count += len(values)
-        self.sums += values.sum(axis=0)
-        self.squares += (values * values).sum(axis=0)
-        self.low = self.low.clip(max=values.min(axis=0))
-        self.high = self.high.clip(min=values.max(axis=0))
-        self._counts(values, sexes, 1)
+    def add(self, columns, sexes: dict[str, int]) -> None:
+        """Take in rows: ``columns`` holds one row per numeric column, ``sexes`` counts the rows of each Sex."""
+        import numpy as np
 
-    def remove(self, values, sexes: dict[str, int]) -> None:
-        """Take out rows that were added and have an identical row left in."""
-        if not len(values):
+        if not columns.shape[1]:
             return
-        self.count -= len(values)
-        self.sums -= values.sum(axis=0)
-        self.squares -= (values * values).sum(axis=0)
-        self._counts(values, sexes, -1)
+        self.count += columns.shape[1]
+        self.sums += columns.sum(axis=1)
+        self.squares += np.einsum("ij,ij->i", columns, columns)
+        self.low = self.low.clip(max=columns.min(axis=1))
+        self.high = self.high.clip(min=columns.max(axis=1))
+        self._counts(columns, sexes, 1)
+
+    def remove(self, columns, sexes: dict[str, int]) -> None:
+        """Take out rows that were added and have an identical row left in."""
+        import numpy as np
+
+        if not columns.shape[1]:
+            return
+        self.count -= columns.shape[1]
+        self.sums -= columns.sum(axis=1)
+        self.squares -= np.einsum("ij,ij->i", columns, columns)
+        self._counts(columns, sexes, -1)
 
     def result(self) -> dict[str, Any]:
         """Per-column mean, standard deviation, min and max; the shares of each Sex and age band."""
@@ -101,7 +105,7 @@ def statistics(rows: list[list[str]]) -> dict[str, Any]:
     import numpy as np
 
     moments = Moments()
-    moments.add(np.array([row[1:] for row in rows], dtype=np.float64), Counter(row[0] for row in rows))
+    moments.add(np.array([row[1:] for row in rows], dtype=np.float64).T, Counter(row[0] for row in rows))
     return moments.result()
 
 

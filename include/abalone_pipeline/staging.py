@@ -329,7 +329,7 @@ def _scan(chunks, source_uri, spec, spool, rules: _QuarantineRun, moments: Momen
         counts.update(rule for _, rule, _, _ in checked.quarantine)
         data_rows += len(checked.lines) + len(checked.quarantine)
         heavier += checked.heavier
-        moments.add(checked.values, checked.sexes)
+        moments.add(checked.columns, checked.sexes)
         spool.add(checked.lines, row_keys(checked.lines, spec), checked.numbers)
         if scanned - reported >= PROGRESS_BYTES:
             reported = scanned
@@ -391,7 +391,7 @@ def _values(entries: list[tuple[int, str, str, str]]):
     import numpy as np
 
     rows = [entry[3].split(",") for entry in entries]
-    return np.array([row[1:] for row in rows], dtype=np.float64), Counter(row[0] for row in rows)
+    return np.array([row[1:] for row in rows], dtype=np.float64).T, Counter(row[0] for row in rows)
 
 
 def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments, duplicates_dir: Path):

@@ -133,13 +133,13 @@ class Block:
     """The outcome of the row rules on one block of lines.
 
     ``lines`` holds each valid row in canonical form (fields stripped, joined by commas) and ``numbers``
-    its physical line in the source; ``values`` are the valid rows' numeric columns; ``sexes`` counts
-    the valid rows of each Sex.
+    its physical line in the source; ``columns`` holds the valid rows' numeric columns (one array row
+    per column); ``sexes`` counts the valid rows of each Sex.
     """
 
     lines: Any  # numpy object array of bytes
     numbers: Any  # numpy uint64 array
-    values: Any  # numpy float64 array, one column per numeric column
+    columns: Any  # numpy float64 array of shape (numeric columns, rows)
     sexes: dict[str, int]
     quarantine: list[tuple[int, str, str, str]]  # (line, rule, reason, fields as read)
     heavier: int  # valid rows with a part heavier than the whole
@@ -266,7 +266,7 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
         frame = _typed(b"\n".join(lines) + b"\n") if lines else None
     _check_first_row(lines, numbers, quarantine, state)
     if frame is None:
-        return Block(np.array([], dtype=object), numbers, np.zeros((0, len(NUMERIC))), {}, quarantine, 0)
+        return Block(np.array([], dtype=object), numbers, np.zeros((len(NUMERIC), 0)), {}, quarantine, 0)
 
     bad: dict[int, list[tuple[str, str]]] = {}
     try:
@@ -291,13 +291,13 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
 
     keep = np.ones(len(lines), dtype=bool)
     keep[list(bad)] = False
-    values = frame[list(NUMERIC)].to_numpy(dtype=np.float64)[keep]
-    parts = values[:, [NUMERIC.index(name) for name in PARTS]].max(axis=1)
-    heavier = int((parts > values[:, NUMERIC.index("Whole_weight")]).sum())
+    columns = np.stack([frame[name].to_numpy(dtype=np.float64) for name in NUMERIC])[:, keep]
+    parts = columns[[NUMERIC.index(name) for name in PARTS]].max(axis=0)
+    heavier = int((parts > columns[NUMERIC.index("Whole_weight")]).sum())
     objects = np.empty(len(lines), dtype=object)
     objects[:] = lines
     sexes = frame["Sex"][keep].value_counts()
-    return Block(objects[keep], numbers[keep], values, sexes.to_dict(), quarantine, heavier)
+    return Block(objects[keep], numbers[keep], columns, sexes.to_dict(), quarantine, heavier)
 
 
 def check_fraction(

@@ -289,12 +289,21 @@ def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
         ("missing source", "does not exist"),
         ("wrong column count", "expected 9 columns"),
         ("unreachable MLflow", "Connection refused"),
+        ("staged data altered", "changed after staging"),
     ],
 )
-def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, airflow, client, tmp_path):
+def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, airflow, client, tmp_path, s3):
     before = versions(client), champion(client), len(runs(client))
     conf, env = dict(FAST), {}
-    if case == "missing source":
+    restore = None
+    if case == "staged data altered":
+        # The bundled data's dataset is staged; someone edits its train split in the bucket afterwards.
+        listing = s3.list_objects_v2(Bucket=STAGING_BUCKET, Prefix="pipeline/datasets/abalone/")["Contents"]
+        (key,) = [o["Key"] for o in listing if o["Key"].endswith("/train.csv")]
+        original = s3.get_object(Bucket=STAGING_BUCKET, Key=key)["Body"].read()
+        s3.put_object(Bucket=STAGING_BUCKET, Key=key, Body=original.replace(b"\nM,", b"\nF,", 1))
+        restore = (key, original)
+    elif case == "missing source":
         conf["source_uri"] = str(tmp_path / "nowhere" / "abalone.data")
     elif case == "wrong column count":
         bad = tmp_path / "eight-columns.csv"
@@ -306,7 +315,11 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, 
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
             "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
         }
-    result = airflow.dags_test("2026-11-09T02:00:00+00:00", conf, **env)
+    try:
+        result = airflow.dags_test("2026-11-09T02:00:00+00:00", conf, **env)
+    finally:
+        if restore:
+            s3.put_object(Bucket=STAGING_BUCKET, Key=restore[0], Body=restore[1])
     assert result.returncode != 0
     assert message in result.output
     assert (versions(client), champion(client), len(runs(client))) == before
