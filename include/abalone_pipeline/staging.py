@@ -17,6 +17,7 @@ The source is streamed, so a file far larger than memory is staged in bounded me
 
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import heapq
@@ -28,6 +29,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,6 +124,8 @@ class StagedDataset:
     quarantine_uri: str | None = None
     # The manifest's statistics (drift.Moments), to compare with the next dataset without re-reading it.
     statistics: dict[str, Any] | None = None
+    # Wall seconds of this run's scan, assembly and writes (what bench/staging_throughput.py reports).
+    seconds: dict[str, float] = field(default_factory=dict)
 
     def to_xcom(self) -> dict[str, Any]:
         return {
@@ -134,6 +138,7 @@ class StagedDataset:
             "validation": self.validation,
             "quarantine_uri": self.quarantine_uri,
             "statistics": self.statistics,
+            "seconds": self.seconds,
         }
 
 
@@ -169,10 +174,32 @@ def split_of(row: bytes | list[str], spec: SplitSpec) -> str:
 # Scan: blocks of the source -> quarantine run + hash-partitioned spool
 
 
-def _blocks(chunks: Iterable[bytes], digest: Any, state: FileState) -> Iterator[tuple[bytes, int]]:
+class _Hasher:
+    """Feeds a digest from a background thread (hashlib releases the GIL), at most a few chunks behind."""
+
+    def __init__(self, digest: Any) -> None:
+        self.digest = digest
+        self.pending: collections.deque = collections.deque()
+
+    def __enter__(self) -> _Hasher:
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="source-sha256")
+        return self
+
+    def update(self, chunk: bytes) -> None:
+        while len(self.pending) >= 16:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(self.digest.update, chunk))
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.pool.shutdown(wait=True)
+        while self.pending:
+            self.pending.popleft().result()
+
+
+def _blocks(chunks: Iterable[bytes], hasher: _Hasher, state: FileState) -> Iterator[tuple[bytes, int]]:
     """Blocks of whole lines of about ``BLOCK_BYTES``, each with the line number it starts at.
 
-    Every byte read goes through ``digest``. A UTF-8 byte order mark is dropped; a last line without
+    Every byte read goes through ``hasher``. A UTF-8 byte order mark is dropped; a last line without
     a newline gets one.
     """
     pending: list[bytes] = []
@@ -180,7 +207,7 @@ def _blocks(chunks: Iterable[bytes], digest: Any, state: FileState) -> Iterator[
     line = 1
     first = True
     for chunk in chunks:
-        digest.update(chunk)
+        hasher.update(chunk)
         pending.append(chunk)
         size += len(chunk)
         if size < BLOCK_BYTES:
@@ -251,7 +278,11 @@ def _read_run(path: Path) -> Iterator[tuple[int, str, str, str]]:
 
 
 class _Spool:
-    """Valid rows spooled to local files by key range: ``count`` partitions of the 64-bit key space."""
+    """Valid rows spooled to local files, grouped by key range: ``count`` partitions of the key space.
+
+    Each scanned block is written as one run: its rows ordered by partition, with the offsets of each
+    partition kept in memory, so that a partition is later read back as one slice of every run.
+    """
 
     META = [("key", "<u8"), ("line", "<u8")]
 
@@ -259,39 +290,54 @@ class _Spool:
         self.directory = directory
         self.count = count
         self.shift = 64 - int(math.log2(count))
+        self.runs: list[tuple[Any, Any]] = []  # per run: row edges and byte offsets of each partition
 
-    def rows_path(self, index: int) -> Path:
-        return self.directory / f"part-{index:04d}.rows"
-
-    def meta_path(self, index: int) -> Path:
-        return self.directory / f"part-{index:04d}.meta"
+    def _paths(self, run: int) -> tuple[Path, Path]:
+        return self.directory / f"run-{run:06d}.rows", self.directory / f"run-{run:06d}.meta"
 
     def add(self, lines, keys, numbers) -> None:
         import numpy as np
 
-        parts = keys >> np.uint64(self.shift) if self.count > 1 else np.zeros(len(keys), dtype=np.uint64)
+        if not len(keys):
+            return
+        # A 16-bit partition number: numpy's stable sort is a radix sort for it.
+        parts = (keys >> np.uint64(self.shift)).astype(np.uint16) if self.count > 1 else np.zeros(len(keys), np.uint16)
         order = np.argsort(parts, kind="stable")
-        edges = np.searchsorted(parts[order], np.arange(self.count + 1, dtype=np.uint64))
+        edges = np.searchsorted(parts[order], np.arange(self.count + 1))
         meta = np.empty(len(keys), dtype=self.META)
         meta["key"], meta["line"] = keys[order], numbers[order]
         lines = lines[order]
-        for index in np.flatnonzero(np.diff(edges)):
-            start, stop = edges[index], edges[index + 1]
-            with self.rows_path(index).open("ab") as handle:
-                handle.write(b"\n".join(lines[start:stop].tolist()) + b"\n")
-            with self.meta_path(index).open("ab") as handle:
-                meta[start:stop].tofile(handle)
+        sizes = np.zeros(self.count + 1, dtype=np.int64)
+        rows_path, meta_path = self._paths(len(self.runs))
+        with rows_path.open("wb") as handle:
+            for index in np.flatnonzero(np.diff(edges)):
+                data = b"\n".join(lines[edges[index] : edges[index + 1]].tolist()) + b"\n"
+                handle.write(data)
+                sizes[index + 1] = len(data)
+        meta.tofile(meta_path)
+        self.runs.append((edges, np.cumsum(sizes)))
 
     def load(self, index: int):
         """The partition's rows (object array of bytes) and their keys and line numbers, or None."""
         import numpy as np
 
-        if not self.meta_path(index).exists():
+        lines: list[bytes] = []
+        metas = []
+        for run, (edges, offsets) in enumerate(self.runs):
+            if edges[index] == edges[index + 1]:
+                continue
+            rows_path, meta_path = self._paths(run)
+            with rows_path.open("rb") as handle:
+                handle.seek(offsets[index])
+                lines += handle.read(offsets[index + 1] - offsets[index]).split(b"\n")[:-1]
+            count = int(edges[index + 1] - edges[index])
+            metas.append(np.fromfile(meta_path, dtype=self.META, count=count, offset=int(edges[index]) * 16))
+        if not metas:
             return None
-        meta = np.fromfile(self.meta_path(index), dtype=self.META)
-        lines = np.empty(len(meta), dtype=object)
-        lines[:] = self.rows_path(index).read_bytes().split(b"\n")[:-1]
-        return lines, meta["key"], meta["line"]
+        meta = np.concatenate(metas)
+        objects = np.empty(len(lines), dtype=object)
+        objects[:] = lines
+        return objects, meta["key"], meta["line"]
 
 
 def _partitions(size: int | None) -> int:
@@ -310,34 +356,56 @@ class _Scan:
     notes: list[str]
 
 
+def _without_header(blocks: Iterator[tuple[bytes, int]], state: FileState) -> Iterator[tuple[bytes, int]]:
+    """The blocks with the header row, if the file has one, checked and cut off."""
+    for block, first_line in blocks:
+        if not state.text_seen:
+            block, first_line, state.text_seen = _take_header(block, first_line, state)
+            if not block:
+                continue
+        yield block, first_line
+
+
+def _checked(blocks: Iterator[tuple[bytes, int]], state: FileState) -> Iterator[tuple[Any, int]]:
+    """``check_rows`` of each block with its size, one block ahead in a worker thread.
+
+    The next block is parsed and checked (pyarrow, numpy and pandas release the GIL for much of it)
+    while the caller hashes and spools the previous one. One worker: blocks are checked in order.
+    """
+    with ThreadPoolExecutor(1, thread_name_prefix="check-rows") as pool:
+        ahead = None
+        for block, first_line in blocks:
+            future = pool.submit(check_rows, block, first_line, state), len(block)
+            if ahead is not None:
+                yield ahead[0].result(), ahead[1]
+            ahead = future
+        if ahead is not None:
+            yield ahead[0].result(), ahead[1]
+
+
 def _scan(chunks, source_uri, spec, spool, rules: _QuarantineRun, moments: Moments) -> _Scan:
     digest = hashlib.sha256()
     state = FileState(source_uri)
     counts: Counter[str] = Counter()
     data_rows = heavier = 0
-    header_seen = False
     started = time.monotonic()
     scanned = reported = 0
-    for block, first_line in _blocks(chunks, digest, state):
-        scanned += len(block)
-        if not header_seen:
-            block, first_line, header_seen = _take_header(block, first_line, state)
-            if not block:
-                continue
-        checked = check_rows(block, first_line, state)
-        rules.write(checked.quarantine)
-        counts.update(rule for _, rule, _, _ in checked.quarantine)
-        data_rows += len(checked.lines) + len(checked.quarantine)
-        heavier += checked.heavier
-        moments.add(checked.columns, checked.sexes)
-        spool.add(checked.lines, row_keys(checked.lines, spec), checked.numbers)
-        if scanned - reported >= PROGRESS_BYTES:
-            reported = scanned
-            elapsed = time.monotonic() - started
-            log.info(
-                "scanned %d MiB, %d rows (%d quarantined) in %.0f s", scanned >> 20, data_rows, rules.count, elapsed
-            )
-    if not header_seen:
+    with _Hasher(digest) as hasher:
+        for checked, size in _checked(_without_header(_blocks(chunks, hasher, state), state), state):
+            rules.write(checked.quarantine)
+            counts.update(rule for _, rule, _, _ in checked.quarantine)
+            data_rows += len(checked.lines) + len(checked.quarantine)
+            heavier += checked.heavier
+            moments.add(checked.columns, checked.sexes)
+            spool.add(checked.lines, row_keys(checked.lines, spec), checked.numbers)
+            scanned += size
+            if scanned - reported >= PROGRESS_BYTES:
+                reported = scanned
+                elapsed = time.monotonic() - started
+                log.info(
+                    "scanned %d MiB, %d rows (%d quarantined) in %.0f s", scanned >> 20, data_rows, rules.count, elapsed
+                )
+    if not state.text_seen:
         raise StagingError(f"{source_uri} is empty")
     if not data_rows:
         raise StagingError(f"{source_uri} has a header but no data rows")
@@ -406,7 +474,8 @@ def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments,
         if loaded is None:
             continue
         lines, keys, numbers = loaded
-        order = np.lexsort((numbers, keys))
+        # A partition holds its rows in source order, so a stable sort by key keeps the first of equal rows first.
+        order = np.argsort(keys, kind="stable")
         lines, keys, numbers = lines[order], keys[order], numbers[order]
         keep, entries = _duplicates(lines, keys, numbers)
         if entries:
@@ -416,15 +485,14 @@ def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments,
             run.write(entries)
             run.close()
             runs.append(run.path)
-        lines, keys = lines[keep], keys[keep]
-        which = split_index(keys, spec)
+            lines, keys = lines[keep], keys[keep]
+        # Sorted by key, each split is one slice: test below the first bound, validation below the second.
+        cuts = [0, *np.searchsorted(keys, np.array(spec.bounds(), dtype=np.uint64)).tolist(), len(keys)]
         for position, name in enumerate(_SPLIT_BY_INDEX):
-            chosen = lines[which == position]
+            chosen = lines[cuts[position] : cuts[position + 1]]
             if len(chosen):
                 files[name].write(b"\n".join(chosen.tolist()) + b"\n")
                 files[name].rows += len(chosen)
-        spool.rows_path(index).unlink()
-        spool.meta_path(index).unlink()
     return {name: (files[name].path, files[name].entry()) for name in SPLITS}, runs, duplicates
 
 
@@ -512,13 +580,14 @@ def stage(
             scan = _scan(chunks, source_uri, spec, spool, rules, moments)
         finally:
             rules.close()
+        seconds = {"scan": time.monotonic() - started}
         log.info(
             "scanned %s: %d data rows, %d quarantined, sha256 %s (%.1f s)",
             source_uri,
             scan.data_rows,
             rules.count,
             scan.source_sha256,
-            time.monotonic() - started,
+            seconds["scan"],
         )
         if rules.count:  # refuse early, before the assembly, when the row rules alone exceed the share
             check_fraction(
@@ -561,7 +630,8 @@ def stage(
         dataset_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         prefix = f"{DATASET_PREFIX}/{dataset_id}"
         manifest_key = f"{prefix}/{MANIFEST}"
-        log.info("dataset %s assembled in %.1f s", dataset_id, time.monotonic() - started)
+        seconds["assemble"] = time.monotonic() - started - seconds["scan"]
+        log.info("dataset %s assembled in %.1f s", dataset_id, seconds["assemble"])
 
         def staged(manifest: dict[str, Any], written: bool) -> StagedDataset:
             return StagedDataset(
@@ -574,6 +644,7 @@ def stage(
                 validation=summary,
                 quarantine_uri=(manifest.get("quarantine") or {}).get("uri"),
                 statistics=manifest.get("statistics"),
+                seconds={**seconds, "write": time.monotonic() - started - seconds["scan"] - seconds["assemble"]},
             )
 
         if store.exists(manifest_key):

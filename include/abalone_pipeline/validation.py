@@ -121,6 +121,7 @@ class FileState:
 
     source_uri: str
     notes: list[str] = field(default_factory=list)
+    text_seen: bool = False  # a non-blank line was read (and checked for being a header)
     first_row_checked: bool = False
 
     def note(self, text: str) -> None:
@@ -162,12 +163,16 @@ def check_encoding(block: bytes, first_line: int, state: FileState) -> bool:
     return ascii_only
 
 
-IRREGULAR = (b"\r", b'"', b" ", b"\t", b"\n\n")
+IRREGULAR = (b"\r", b'"', b" ", b"\t")
 
 
 def _is_canonical(block: bytes, ascii_only: bool) -> bool:
-    """Whether every line of the block is already in canonical form: plain ASCII, nothing to strip."""
-    return ascii_only and not block.startswith(b"\n") and not any(mark in block for mark in IRREGULAR)
+    """Whether every line of the block is already in canonical form: plain ASCII, nothing to strip.
+
+    Blank lines are not looked for here: pyarrow skips them, and a row count that differs from the
+    line count sends the block down the line-by-line path.
+    """
+    return ascii_only and not any(mark in block for mark in IRREGULAR)
 
 
 def _read_lines(block: bytes, first_line: int, state: FileState):
@@ -261,6 +266,8 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
         lines.pop()  # the block ends with a newline
         numbers = first_line + np.arange(len(lines), dtype=np.uint64)
         frame = _typed(block)
+        if frame is not None and len(frame) != len(lines):
+            frame = None  # blank lines
     if frame is None:
         lines, numbers, quarantine = _read_lines(block, first_line, state)
         frame = _typed(b"\n".join(lines) + b"\n") if lines else None
@@ -291,7 +298,7 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
 
     keep = np.ones(len(lines), dtype=bool)
     keep[list(bad)] = False
-    columns = np.stack([frame[name].to_numpy(dtype=np.float64) for name in NUMERIC])[:, keep]
+    columns = np.stack([frame[name].to_numpy(dtype=np.float64)[keep] for name in NUMERIC])
     parts = columns[[NUMERIC.index(name) for name in PARTS]].max(axis=0)
     heavier = int((parts > columns[NUMERIC.index("Whole_weight")]).sum())
     objects = np.empty(len(lines), dtype=object)
