@@ -139,8 +139,8 @@ def main() -> None:
         f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
     print(
-        "| source | rows | boto3 s | boto3 MB/s | boto3 peak RSS | stage s | stage MB/s | stage peak RSS "
-        "| throughput vs boto3 | RSS vs smallest |"
+        "| source | rows | boto3 s | boto3 MB/s | boto3 peak RSS | stage s (scan + assemble + write) | stage MB/s "
+        "| stage peak RSS | throughput vs boto3 | RSS vs smallest |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
     smallest_rss = None
