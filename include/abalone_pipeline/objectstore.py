@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import unquote, urlparse
 
 log = logging.getLogger(__name__)
@@ -68,8 +69,16 @@ def _s3_code(exc: Exception) -> str:
     return getattr(exc, "response", {}).get("Error", {}).get("Code", "")
 
 
-# S3's answers to a create-only write when the object exists (409: a concurrent write is completing).
-EXISTS_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
+# S3's answer to a create-only write when the object exists. (409 ConditionalRequestConflict means a
+# concurrent write is in flight and may yet fail: that one is retried, not taken as success.)
+EXISTS_CODES = frozenset({"PreconditionFailed"})
+
+
+class Put(NamedTuple):
+    """The outcome of ``put_file``: whether it wrote, and the checksum the store keeps for the object."""
+
+    written: bool
+    checksum: str | None = None
 
 
 def file_sha256(path: Path) -> str:
@@ -99,19 +108,20 @@ class ObjectStore(ABC):
         """Write ``data`` at ``key`` unless an object is already there; return whether it wrote."""
 
     @abstractmethod
-    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+    def put_file(self, key: str, path: Path, sha256: str) -> Put:
         """Write the file at ``path`` (whose SHA-256 is ``sha256``) to ``key`` unless an object is there.
 
-        Returns whether it wrote. An object already at ``key`` with the same content counts as success
-        (``False``); one with other content raises ``ContentMismatch``. The written object is verified.
+        An object already at ``key`` with the same content counts as success (``written`` False); one
+        with other content raises ``ContentMismatch``. The written object is verified.
         """
 
     @abstractmethod
-    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True, checksum: str | None = None) -> None:
         """Raise ``ContentMismatch`` unless the object at ``key`` has ``size`` bytes and this SHA-256.
 
-        With ``reread=False`` a store may settle for what it knows without reading the object back
-        (its size, and a checksum it keeps), when a later reader will hash it anyway.
+        ``checksum`` is what ``put_file`` reported the store keeps for it, if anything. With
+        ``reread=False`` a store may settle for what it knows without reading the object back (its
+        size and the checksum it keeps), when a later reader hashes it anyway.
         """
 
 
@@ -155,7 +165,7 @@ class LocalStore(ObjectStore):
         finally:
             os.unlink(tmp)
 
-    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+    def put_file(self, key: str, path: Path, sha256: str) -> Put:
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
@@ -171,12 +181,12 @@ class LocalStore(ObjectStore):
                 os.link(tmp, target)
             except FileExistsError:
                 self.verify(key, sha256, path.stat().st_size)
-                return False
-            return True
+                return Put(False)
+            return Put(True)
         finally:
             os.unlink(tmp)
 
-    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True, checksum: str | None = None) -> None:
         path = self._path(key)
         try:
             actual_size = path.stat().st_size
@@ -221,6 +231,8 @@ class S3Store(ObjectStore):
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise _s3_error(exc, "check", self.uri(key)) from exc
+        except Exception as exc:  # the endpoint unreachable, a timeout: worth a retry
+            raise ObjectStoreError(f"cannot check {self.uri(key)}: {exc}") from exc
         return True
 
     def put_if_absent(self, key: str, data: bytes) -> bool:
@@ -233,25 +245,46 @@ class S3Store(ObjectStore):
             if _s3_code(exc) in EXISTS_CODES:
                 return False
             raise _s3_error(exc, "write", self.uri(key)) from exc
-        self._verify_upload(key, len(data), _b64(digest), digest.hex())
+        self.verify(key, digest.hex(), len(data), checksum=_b64(digest))
         return True
 
-    def put_file(self, key: str, path: Path, sha256: str) -> bool:
+    def put_file(self, key: str, path: Path, sha256: str) -> Put:
         size = path.stat().st_size
+        if self.exists(key):  # a retry after a crash: compare, rather than upload and be refused
+            expected = self._checksum_of(path, size)
+            self._verify_existing(key, sha256, size, expected)
+            return Put(False, expected)
         try:
-            if size <= PART_SIZE:
-                written, checksum = self._put_small(key, path)
-            else:
-                written, checksum = self._put_multipart(key, path, size)
+            written, checksum = (
+                self._put_small(key, path) if size <= PART_SIZE else self._put_multipart(key, path, size)
+            )
         except ObjectStoreError:
             raise
         except Exception as exc:
             raise _s3_error(exc, "write", self.uri(key)) from exc
         if written:
-            self._verify_upload(key, size, checksum, sha256)
+            self.verify(key, sha256, size, checksum=checksum)
         else:
-            self.verify(key, sha256, size)
-        return written
+            self._verify_existing(key, sha256, size, checksum)
+        return Put(written, checksum)
+
+    def _verify_existing(self, key: str, sha256: str, size: int, checksum: str) -> None:
+        try:
+            self.verify(key, sha256, size, checksum=checksum)
+        except ContentMismatch:
+            raise
+        except MissingObject as exc:  # it existed a moment ago: deleted meanwhile, worth a retry
+            raise ObjectStoreError(str(exc)) from exc
+
+    def _checksum_of(self, path: Path, size: int) -> str:
+        """What S3 keeps for this file uploaded by ``put_file``: its SHA-256, or that of its parts' SHA-256s."""
+        if size <= PART_SIZE:
+            return _b64(bytes.fromhex(file_sha256(path)))
+        parts = []
+        with path.open("rb") as handle:
+            while chunk := handle.read(PART_SIZE):
+                parts.append(hashlib.sha256(chunk).digest())
+        return f"{_b64(hashlib.sha256(b''.join(parts)).digest())}-{len(parts)}"
 
     def _put_small(self, key: str, path: Path) -> tuple[bool, str]:
         body = path.read_bytes()
@@ -294,6 +327,7 @@ class S3Store(ObjectStore):
             with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
                 results = list(pool.map(upload, range(1, count + 1)))
             log.info("uploaded %s in %d parts", self.uri(key), count)
+            composite = f"{_b64(hashlib.sha256(b''.join(digest for _, digest in results)).digest())}-{count}"
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=s3_key,
@@ -301,13 +335,12 @@ class S3Store(ObjectStore):
                 MultipartUpload={"Parts": [part for part, _ in results]},
                 IfNoneMatch="*",
             )
-        except Exception as exc:
+        except BaseException as exc:  # a task killed or timed out mid-upload aborts it too
             self._abort(s3_key, upload_id)
-            if _s3_code(exc) in EXISTS_CODES:
-                return False, ""
+            if isinstance(exc, Exception) and _s3_code(exc) in EXISTS_CODES:
+                return False, composite
             raise
-        composite = _b64(hashlib.sha256(b"".join(digest for _, digest in results)).digest())
-        return True, f"{composite}-{count}"
+        return True, composite
 
     def _abort(self, s3_key: str, upload_id: str) -> None:
         """Drop an unfinished upload's parts; if S3 cannot be reached, its lifecycle rule will."""
@@ -322,23 +355,18 @@ class S3Store(ObjectStore):
         except Exception as exc:
             raise _s3_error(exc, "check", self.uri(key)) from exc
 
-    def _verify_upload(self, key: str, size: int, checksum: str, sha256: str) -> None:
-        """Compare what S3 reports for the new object with what was sent; re-read it if S3 reports no checksum."""
-        head = self._head(key)
-        reported = head.get("ChecksumSHA256")
-        if head["ContentLength"] == size and reported:
-            # A multipart object's checksum is the SHA-256 of its parts' SHA-256s, suffixed by the part count.
-            if reported.split("-")[0] == checksum.split("-")[0]:
-                return
-            raise ContentMismatch(f"{self.uri(key)}: S3 reports checksum {reported} for it, {checksum} was sent")
-        self.verify(key, sha256, size)
-
-    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True) -> None:
+    def verify(self, key: str, sha256: str, size: int, *, reread: bool = True, checksum: str | None = None) -> None:
         head = self._head(key)
         if head["ContentLength"] != size:
             raise ContentMismatch(f"{self.uri(key)} has {head['ContentLength']} bytes, expected {size}")
-        if head.get("ChecksumSHA256") == _b64(bytes.fromhex(sha256)):
-            return  # a single-part object's full SHA-256, as S3 computed it
+        reported = head.get("ChecksumSHA256")
+        if reported:
+            # A multipart object's checksum is the SHA-256 of its parts' SHA-256s, suffixed by the part count.
+            known = {_b64(bytes.fromhex(sha256)), *([checksum.split("-")[0]] if checksum else [])}
+            if reported.split("-")[0] in known:
+                return
+            if not reread and (checksum or head.get("ChecksumType") == "FULL_OBJECT"):
+                raise ContentMismatch(f"{self.uri(key)}: S3 keeps checksum {reported} for it, expected {checksum}")
         if not reread:
             return
         digest = hashlib.sha256()

@@ -46,6 +46,7 @@ from abalone_pipeline.validation import (
     check_fraction,
     check_header,
     check_rows,
+    heavier_than_whole,
 )
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,6 @@ QUARANTINE_HEADER = ["line", "rule", "reason", "fields"]
 BLOCK_BYTES = 8 << 20
 PARTITION_BYTES = 8 << 20
 MAX_PARTITIONS = 512
-UNSIZED_PARTITIONS = 64
 PROGRESS_BYTES = 128 << 20
 
 
@@ -200,34 +200,48 @@ def _blocks(chunks: Iterable[bytes], hasher: _Hasher, state: FileState) -> Itera
     """Blocks of whole lines of about ``BLOCK_BYTES``, each with the line number it starts at.
 
     Every byte read goes through ``hasher``. A UTF-8 byte order mark is dropped; a last line without
-    a newline gets one.
+    a newline gets one. A line longer than a block (or a file without line feeds, such as one with
+    CR-only line endings) is refused rather than read whole into memory.
     """
-    pending: list[bytes] = []
-    size = 0
+    buffer = bytearray()
     line = 1
     first = True
+
+    def too_long() -> StagingError:
+        return StagingError(
+            f"{state.source_uri} line {line}: no line break within {BLOCK_BYTES:,} bytes (a binary file, "
+            "CR-only line endings, or a line far longer than any abalone record)"
+        )
+
+    def cut(data: bytearray, end: int) -> Iterator[tuple[bytes, int]]:
+        """Whole-line blocks of at most ``BLOCK_BYTES`` from ``data[:end]`` (which ends with a newline)."""
+        nonlocal line, first
+        start = 0
+        while start < end:
+            stop = end if end - start <= BLOCK_BYTES else data.rfind(b"\n", start, start + BLOCK_BYTES) + 1
+            if stop <= start:
+                raise too_long()
+            block = bytes(data[start:stop])
+            if first:
+                block, first = _strip_bom(block, state), False
+            yield block, line
+            line += block.count(b"\n")
+            start = stop
+
     for chunk in chunks:
         hasher.update(chunk)
-        pending.append(chunk)
-        size += len(chunk)
-        if size < BLOCK_BYTES:
+        buffer += chunk
+        if len(buffer) < BLOCK_BYTES:
             continue
-        data = b"".join(pending)
-        cut = data.rfind(b"\n") + 1
-        if not cut:  # one line longer than a block: keep reading
-            pending, size = [data], len(data)
-            continue
-        block, rest = data[:cut], data[cut:]
-        if first:
-            block, first = _strip_bom(block, state), False
-        yield block, line
-        line += block.count(b"\n")
-        pending, size = [rest], len(rest)
-    data = b"".join(pending)
-    if first:
-        data = _strip_bom(data, state)
-    if data:
-        yield data if data.endswith(b"\n") else data + b"\n", line
+        end = buffer.rfind(b"\n") + 1
+        yield from cut(buffer, end)
+        del buffer[:end]
+        if len(buffer) >= BLOCK_BYTES:
+            raise too_long()
+    if buffer:
+        if not buffer.endswith(b"\n"):
+            buffer += b"\n"
+        yield from cut(buffer, len(buffer))
 
 
 def _strip_bom(block: bytes, state: FileState) -> bytes:
@@ -245,7 +259,10 @@ def _take_header(block: bytes, first_line: int, state: FileState) -> tuple[bytes
         end = block.index(b"\n", offset)
         raw = block[offset:end].decode("utf-8").strip()
         if raw:
-            fields = [value.strip() for value in next(csv.reader([raw]))]
+            try:
+                fields = [value.strip() for value in next(csv.reader([raw]))]
+            except csv.Error as exc:
+                raise StagingError(f"{state.source_uri} line {first_line} is not CSV: {exc}") from exc
             if check_header(fields, state.source_uri):
                 state.note("a header row was read and checked")
                 return block[end + 1 :], first_line + 1, True
@@ -342,7 +359,7 @@ class _Spool:
 
 def _partitions(size: int | None) -> int:
     if size is None:
-        return UNSIZED_PARTITIONS
+        return MAX_PARTITIONS  # bounded partitions for any size; small sources pay a few empty ones
     wanted = max(1, math.ceil(size / PARTITION_BYTES))
     return min(MAX_PARTITIONS, 1 << (wanted - 1).bit_length())
 
@@ -463,12 +480,22 @@ def _values(entries: list[tuple[int, str, str, str]]):
 
 
 def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments, duplicates_dir: Path):
-    """Write the split files; return their entries, the sorted runs of duplicates and how many there are."""
-    import numpy as np
+    """Write the split files; return their entries, the sorted runs of duplicates, how many duplicates there
+    are and how many of them have a part heavier than the whole (counted once already in the scan)."""
 
     files = {name: _SplitFile(directory / f"{name}.csv") for name in _SPLIT_BY_INDEX}
+    try:
+        return _fill(files, spool, spec, moments, duplicates_dir)
+    finally:
+        for split in files.values():
+            split.handle.close()
+
+
+def _fill(files: dict[str, _SplitFile], spool: _Spool, spec: SplitSpec, moments: Moments, duplicates_dir: Path):
+    import numpy as np
+
     runs = []
-    duplicates = 0
+    duplicates = heavier_duplicates = 0
     for index in range(spool.count):
         loaded = spool.load(index)
         if loaded is None:
@@ -479,7 +506,9 @@ def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments,
         lines, keys, numbers = lines[order], keys[order], numbers[order]
         keep, entries = _duplicates(lines, keys, numbers)
         if entries:
-            moments.remove(*_values(entries))
+            columns, sexes = _values(entries)
+            moments.remove(columns, sexes)
+            heavier_duplicates += heavier_than_whole(columns)
             duplicates += len(entries)
             run = _QuarantineRun(duplicates_dir / f"duplicates-{index:04d}.csv")
             run.write(entries)
@@ -493,7 +522,8 @@ def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments,
             if len(chosen):
                 files[name].write(b"\n".join(chosen.tolist()) + b"\n")
                 files[name].rows += len(chosen)
-    return {name: (files[name].path, files[name].entry()) for name in SPLITS}, runs, duplicates
+    entries = {name: (files[name].path, files[name].entry()) for name in SPLITS}
+    return entries, runs, duplicates, heavier_duplicates
 
 
 def _write_quarantine(path: Path, runs: list[Path]) -> tuple[dict[str, Any] | None, list]:
@@ -528,7 +558,9 @@ def _verify_staged(store: ObjectStore, manifest: dict[str, Any], dataset_id: str
         if "bytes" not in entry:
             continue  # staged by an older version: the trainer still checks every split's sha256
         try:
-            store.verify(entry["key"], entry["sha256"], entry["bytes"], reread=False)
+            store.verify(
+                entry["key"], entry["sha256"], entry["bytes"], reread=False, checksum=entry.get("store_checksum")
+            )
         except ContentMismatch as exc:
             raise StagingError(
                 f"dataset {dataset_id} is staged, but {exc}: it changed after staging. Restore it or delete "
@@ -538,7 +570,7 @@ def _verify_staged(store: ObjectStore, manifest: dict[str, Any], dataset_id: str
 
 def _put(store: ObjectStore, key: str, path: Path, entry: dict[str, Any]) -> dict[str, Any]:
     try:
-        written = store.put_file(key, path, entry["sha256"])
+        written, checksum = store.put_file(key, path, entry["sha256"])
     except ContentMismatch as exc:
         raise StagingError(f"{exc}: the store was modified by hand; delete the object to stage it again") from exc
     log.info(
@@ -549,7 +581,8 @@ def _put(store: ObjectStore, key: str, path: Path, entry: dict[str, Any]) -> dic
         entry["bytes"],
         entry["sha256"],
     )
-    return {**entry, "uri": store.uri(key), "key": key}
+    # The checksum the store keeps (for S3, of the parts when uploaded in parts): a later stage compares it.
+    return {**entry, "uri": store.uri(key), "key": key, **({"store_checksum": checksum} if checksum else {})}
 
 
 def stage(
@@ -598,7 +631,8 @@ def stage(
                 source_uri,
                 policy,
             )
-        splits, runs, duplicates = _assemble(spool, spec, directory, moments, directory)
+        splits, runs, duplicates, heavier_duplicates = _assemble(spool, spec, directory, moments, directory)
+        heavier = scan.heavier - heavier_duplicates
         quarantine, first = _write_quarantine(directory / QUARANTINE, [rules.path, *runs])
         counts = Counter(scan.counts)
         if duplicates:
@@ -617,11 +651,11 @@ def stage(
             "valid_rows": scan.data_rows - quarantined,
             "quarantined_rows": quarantined,
             "quarantined_by_rule": dict(sorted(counts.items())),
-            "warnings": {"part_heavier_than_whole": scan.heavier} if scan.heavier else {},
+            "warnings": {"part_heavier_than_whole": heavier} if heavier else {},
             "notes": scan.notes,
         }
-        if scan.heavier:
-            log.warning("%s: %d rows have a part heavier than the whole abalone (kept)", source_uri, scan.heavier)
+        if heavier:
+            log.warning("%s: %d rows have a part heavier than the whole abalone (kept)", source_uri, heavier)
         identity = {
             "split": spec.describe(),
             "splits": {name: entry["sha256"] for name, (_, entry) in splits.items()},
@@ -681,6 +715,8 @@ def stage(
         "quarantine": quarantine_entry,
     }
     written = store.put_if_absent(manifest_key, json.dumps(manifest, indent=2, sort_keys=True).encode())
+    if not written:  # a concurrent attempt committed the same dataset first: its manifest is the one
+        manifest = json.loads(store.get(manifest_key))
     log.info(
         "manifest %s %s; staged in %.1f s",
         store.uri(manifest_key),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from abalone_pipeline.config import Settings
@@ -67,6 +68,8 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
 
     factory = _s3_client_factory(settings)
     policy = ValidationPolicy(max_quarantine_fraction=float(max_quarantine_fraction))
+    if settings.staging_dir and not Path(settings.staging_dir).is_dir():
+        raise AirflowFailException(f"ABALONE_STAGING_DIR={settings.staging_dir} is not a directory")
     try:
         store = open_store(settings.object_store_uri, factory)
         with open_source(source_uri, factory, max_bytes=settings.max_source_bytes) as source:

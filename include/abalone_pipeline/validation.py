@@ -175,6 +175,14 @@ def _is_canonical(block: bytes, ascii_only: bool) -> bool:
     return ascii_only and not any(mark in block for mark in IRREGULAR)
 
 
+# A quarantined row is recorded as read, up to this many characters (an abalone row has about 50).
+MAX_RECORDED_ROW = 1024
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_RECORDED_ROW else text[:MAX_RECORDED_ROW] + f"... ({len(text):,} characters)"
+
+
 def _read_lines(block: bytes, first_line: int, state: FileState):
     """The block's non-blank lines in canonical form with their line numbers, and the malformed ones.
 
@@ -188,15 +196,20 @@ def _read_lines(block: bytes, first_line: int, state: FileState):
         state.note("CRLF line endings were read as LF")
     lines, numbers, malformed = [], [], []
     for offset, raw in enumerate(text.split("\n")[:-1]):
-        fields = [value.strip() for value in next(csv.reader([raw.removesuffix("\r")]), [])]
+        line = first_line + offset
+        try:
+            fields = [value.strip() for value in next(csv.reader([raw.removesuffix("\r")]), [])]
+        except csv.Error as exc:  # a stray carriage return, a field beyond csv's size limit
+            malformed.append((line, "field_format", f"not a CSV row: {exc}", _clip(raw)))
+            continue
         if not fields or fields == [""]:
             continue
-        line = first_line + offset
         if len(fields) != len(COLUMNS):
             reason = f"has {len(fields)} fields, expected {len(COLUMNS)}"
-            malformed.append((line, "column_count", reason, ",".join(fields)))
+            malformed.append((line, "column_count", reason, _clip(",".join(fields))))
         elif any("," in value or '"' in value for value in fields):
-            malformed.append((line, "field_format", "a field contains a comma or a quote", ",".join(fields)))
+            reason = "a field contains a comma or a quote"
+            malformed.append((line, "field_format", reason, _clip(",".join(fields))))
         else:
             lines.append(",".join(fields).encode())
             numbers.append(line)
@@ -246,11 +259,16 @@ def _check_first_row(lines: list[bytes], numbers, malformed: list, state: FileSt
     state.first_row_checked = True
     first_valid = int(numbers[0]) if len(lines) else None
     if malformed and malformed[0][1] == "column_count" and (first_valid is None or malformed[0][0] < first_valid):
-        line, _, _, fields = malformed[0]
+        line, _, reason, _ = malformed[0]
         raise StagingError(
-            f"{state.source_uri} line {line}: expected {len(COLUMNS)} columns ({', '.join(COLUMNS)}), "
-            f"found {len(fields.split(','))}"
+            f"{state.source_uri} line {line}: expected {len(COLUMNS)} columns ({', '.join(COLUMNS)}); the row {reason}"
         )
+
+
+def heavier_than_whole(columns) -> int:
+    """How many rows (numeric columns as array rows) have a part heavier than the whole abalone."""
+    parts = columns[[NUMERIC.index(name) for name in PARTS]].max(axis=0)
+    return int((parts > columns[NUMERIC.index("Whole_weight")]).sum())
 
 
 def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
@@ -293,14 +311,13 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
     for row, reasons in bad.items():
         # One entry per row; its first broken rule names it in the counts.
         reason = "; ".join(message for _, message in reasons)
-        quarantine.append((int(numbers[row]), reasons[0][0], reason, lines[row].decode()))
+        quarantine.append((int(numbers[row]), reasons[0][0], reason, _clip(lines[row].decode())))
     quarantine.sort()
 
     keep = np.ones(len(lines), dtype=bool)
     keep[list(bad)] = False
     columns = np.stack([frame[name].to_numpy(dtype=np.float64)[keep] for name in NUMERIC])
-    parts = columns[[NUMERIC.index(name) for name in PARTS]].max(axis=0)
-    heavier = int((parts > columns[NUMERIC.index("Whole_weight")]).sum())
+    heavier = heavier_than_whole(columns)
     objects = np.empty(len(lines), dtype=object)
     objects[:] = lines
     sexes = frame["Sex"][keep].value_counts()

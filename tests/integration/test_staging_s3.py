@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import socket
 import threading
 
@@ -174,8 +175,10 @@ def test_verification_after_upload_catches_what_the_store_reports_wrongly(endpoi
     path = tmp_path / "object"
     path.write_bytes(b"x" * (11 << 20))
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    assert store.put_file("big", path, digest)
-    assert not store.put_file("big", path, digest), "the same content already there counts as written"
+    first = store.put_file("big", path, digest)
+    assert first.written and first.checksum.endswith("-3"), "three 5 MiB parts"
+    again = store.put_file("big", path, digest)
+    assert not again.written and again.checksum == first.checksum, "the same content already there: success"
     other = tmp_path / "other"
     other.write_bytes(b"y" * (11 << 20))
     with pytest.raises(ContentMismatch):
@@ -185,3 +188,71 @@ def test_verification_after_upload_catches_what_the_store_reports_wrongly(endpoi
     monkeypatch.setattr(client, "head_object", lambda **kw: {**real_head(**kw), "ContentLength": 1})
     with pytest.raises(ContentMismatch, match="has 1 bytes"):
         store.put_file("fresh", path, digest)
+
+
+def test_a_reused_dataset_is_checked_against_the_checksum_the_store_keeps(endpoint, big_source, monkeypatch):
+    client = endpoint.client()
+    store = open_store(f"s3://{BUCKET}/kept", lambda: client)
+    staged = stage(big_source, "src.csv", store)
+    manifest = json.loads(
+        client.get_object(Bucket=BUCKET, Key=f"kept/datasets/abalone/{staged.dataset_id}/manifest.json")["Body"].read()
+    )
+    assert re.fullmatch(r".+-[2-9]", manifest["splits"]["train"]["store_checksum"]), "recorded at upload"
+    assert stage(big_source, "src.csv", store).dataset_id == staged.dataset_id, "unchanged: reused"
+    # Same size, other bytes: S3 would report another checksum for the object.
+    real_head = client.head_object
+    monkeypatch.setattr(client, "head_object", lambda **kw: {**real_head(**kw), "ChecksumSHA256": "AAAA-4"})
+    with pytest.raises(StagingError, match="changed after staging"):
+        stage(big_source, "src.csv", store)
+
+
+class _FakeS3:
+    """A boundary fake for the answers moto does not give: 409 on completion, a task killed mid-upload."""
+
+    def __init__(self, fail_with: BaseException) -> None:
+        self.fail_with = fail_with
+        self.aborted = []
+
+    def head_object(self, **kwargs):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "404"}}, "HeadObject")
+
+    def create_multipart_upload(self, **kwargs):
+        return {"UploadId": "u1"}
+
+    def upload_part(self, **kwargs):
+        if kwargs["PartNumber"] == 2:
+            raise self.fail_with
+        return {"ETag": "e"}
+
+    def complete_multipart_upload(self, **kwargs):
+        raise AssertionError("not reached")
+
+    def abort_multipart_upload(self, **kwargs):
+        self.aborted.append(kwargs["UploadId"])
+
+    def put_object(self, **kwargs):
+        raise self.fail_with
+
+
+class _Killed(BaseException):
+    """What Airflow raises in a task it terminates or times out (not an Exception)."""
+
+
+def test_a_killed_upload_is_aborted_and_a_conflicting_write_is_retried_not_taken(tmp_path):
+    from botocore.exceptions import ClientError
+
+    path = tmp_path / "object"
+    path.write_bytes(b"x" * (11 << 20))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    fake = _FakeS3(_Killed())
+    with pytest.raises(_Killed):
+        objectstore.S3Store(BUCKET, "", fake).put_file("big", path, digest)
+    assert fake.aborted == ["u1"], "the parts of a killed upload are dropped"
+
+    conflict = ClientError({"Error": {"Code": "ConditionalRequestConflict"}}, "PutObject")
+    store = objectstore.S3Store(BUCKET, "", _FakeS3(conflict))
+    with pytest.raises(ObjectStoreError) as raised:
+        store.put_if_absent("manifest.json", b"{}")
+    assert not isinstance(raised.value, objectstore.PermanentError), "409: a concurrent write in flight, retry"

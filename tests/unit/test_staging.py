@@ -11,7 +11,7 @@ import pytest
 from abalone_pipeline import staging
 from abalone_pipeline.objectstore import LocalStore
 from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, row_keys, split_of, stage
-from abalone_pipeline.validation import ValidationPolicy
+from abalone_pipeline.validation import ValidationPolicy, check_rows
 
 
 @pytest.fixture
@@ -232,8 +232,11 @@ def test_the_dataset_does_not_depend_on_row_order_or_block_size(store, abalone_b
 def test_duplicates_are_found_across_blocks_and_partitions(store, monkeypatch):
     monkeypatch.setattr(staging, "BLOCK_BYTES", 2048)
     monkeypatch.setattr(staging, "PARTITION_BYTES", 1024)
+    blocks = []
+    monkeypatch.setattr(staging, "check_rows", lambda block, *a: blocks.append(block) or check_rows(block, *a))
     payload = rows_of(400) + rows_of(2)
     staged = stage([payload], "x", store, policy=ValidationPolicy(0.01), size=len(payload))
+    assert len(blocks) > 5 and max(map(len, blocks)) <= 2048, "one big chunk is cut into blocks"
     assert [(q["line"], q["reason"]) for q in quarantined(store, staged)] == [
         ("401", "exact duplicate of line 1"),
         ("402", "exact duplicate of line 2"),
@@ -303,3 +306,25 @@ def test_a_staged_dataset_changed_afterwards_is_refused(store, abalone_bytes):
     train.write_bytes(train.read_bytes().replace(b"M,", b"F,", 1))  # same size, other content
     with pytest.raises(StagingError, match="changed after staging"):
         stage(abalone_bytes, "a", store)
+
+
+def test_lines_csv_cannot_read_are_quarantined_and_a_file_without_line_feeds_is_refused(store, monkeypatch):
+    stray_cr = b"M,0.5,0.4,0.1\r,0.6,0.2,0.1,0.2,9\n"
+    huge = b"M,0.5,0.4,0.1,0.6,0.2,0.1,0.2," + b"x" * (200 << 10) + b"\n"
+    staged = stage(rows_of(300) + stray_cr + huge, "x", store, policy=ValidationPolicy(0.01))
+    entries = quarantined(store, staged)
+    assert [(q["line"], q["rule"]) for q in entries] == [("301", "field_format"), ("302", "field_format")]
+    assert "not a CSV row" in entries[0]["reason"]
+    assert len(entries[1]["fields"]) < 1100, "a row is recorded up to 1 KiB"
+    monkeypatch.setattr(staging, "BLOCK_BYTES", 4096)
+    with pytest.raises(StagingError, match=r"line 1: no line break within 4,096 bytes .*CR-only"):
+        stage([rows_of(300).replace(b"\n", b"\r")], "mac.csv", store)
+    with pytest.raises(StagingError, match="line 11: no line break"):
+        stage(rows_of(10) + b"M," * 5000, "long.csv", store)
+
+
+def test_duplicates_of_a_heavy_row_warn_once(store):
+    heavy = b"M,0.4,0.3,0.1,0.5,0.6,0.1,0.15,7\n"
+    staged = stage(heavy * 3 + rows_of(400), "x", store, policy=ValidationPolicy(0.01))
+    assert staged.validation["warnings"] == {"part_heavier_than_whole": 1}
+    assert staged.validation["quarantined_by_rule"] == {"duplicate": 2}

@@ -62,3 +62,19 @@ def test_judge_records_who_forced_and_why():
     assert decision["forced_by"] == "alice" and decision["force_reason"] == "hotfix"
     assert decision["policy"]["max_rmse"] == pytest.approx(1.0)
     assert not judge(SETTINGS, EVALUATION, {"gate": {"max_rmse": 1.0}}, DAG_RUN)["promote"]
+
+
+def test_staging_fails_at_once_on_what_a_retry_cannot_fix(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from abalone_pipeline.tasks import stage_dataset
+
+    store = {"ABALONE_OBJECT_STORE_URI": tmp_path.as_uri(), "ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    nowhere = Settings.from_env({**store, "ABALONE_STAGING_DIR": str(tmp_path / "missing")})
+    with pytest.raises(AirflowFailException, match=r"ABALONE_STAGING_DIR=.* is not a directory"):
+        stage_dataset(nowhere, str(tmp_path / "src.csv"), 0.01)
+    with pytest.raises(AirflowFailException, match=r"cannot stage: source .* does not exist"):
+        stage_dataset(Settings.from_env(store), str(tmp_path / "src.csv"), 0.01)
+    (tmp_path / "src.csv").write_bytes(b"M,0.4\n")
+    with pytest.raises(AirflowFailException, match=r"cannot stage: .*line 1: expected 9 columns"):
+        stage_dataset(Settings.from_env(store), str(tmp_path / "src.csv"), 0.01)
