@@ -15,6 +15,10 @@ alias in the MLflow model registry only when the gate passes.
   champion with a paired-bootstrap interval, per-slice tolerance, recent runs); every rule is reported.
 * **promote** (one-slot registry pool): log the gate report on the candidate's run; if it passed,
   register it (once per DAG run) and move `champion`, keeping the old one as `previous_champion`.
+  Its XCom `summary` is the run at a glance (data digest, scores, decision, version, MLflow link).
+
+A failed run or training attempt is logged as `ABALONE_FAILURE` and, with `ABALONE_SNS_TOPIC_ARN`,
+published to that SNS topic.
 
 A rejected candidate is an expected outcome: the run succeeds and the decision is on the MLflow run.
 Settings come from `ABALONE_*` environment variables (see the README); the form below overrides
@@ -31,10 +35,13 @@ from docker.types import Mount
 
 from abalone_pipeline.config import Settings
 from abalone_pipeline.gate import POLICY_SCHEMA
+from abalone_pipeline.notify import failure_notifiers
 from abalone_pipeline.operators import TrainerContainerOperator
 from abalone_pipeline.results import parse_evaluation, parse_train
 
 settings = Settings.from_env()
+# A failed run, and a failed training attempt, are logged as ABALONE_FAILURE and sent to SNS if configured.
+ON_FAILURE = failure_notifiers(settings.sns_topic_arn, settings.aws_conn_id)
 
 TRAINER_ENV = {
     "MLFLOW_TRACKING_URI": settings.tracking_uri,
@@ -59,13 +66,14 @@ container_defaults = {
 
 
 @dag(
-    schedule="0 2 * * *",
+    schedule=settings.schedule,
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=settings.max_active_runs,
     dagrun_timeout=timedelta(hours=4),
     tags=["mlops", "retraining", "abalone"],
     doc_md=__doc__,
+    on_failure_callback=ON_FAILURE,
     default_args={
         "owner": "ml-platform",
         "retries": settings.task_retries,
@@ -126,9 +134,10 @@ container_defaults = {
             title="Force promotion",
             description="Promote whatever the gate says (not a model with non-finite metrics). Needs a reason.",
         ),
+        # Optional, so null by default: the trigger form treats an empty string as a missing required value.
         "force_reason": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             maxLength=1000,
             title="Reason for forcing",
             description="Required with force_promote; recorded on the promoted version with who triggered the run.",
@@ -174,6 +183,7 @@ def abalone_retraining():
         ],
         gpu="{{ params.gpu }}",
         pool=settings.train_pool,
+        on_failure_callback=ON_FAILURE,
         result_parser=parse_train,
         **container_defaults,
     )
@@ -209,7 +219,12 @@ def abalone_retraining():
 
         return judge(settings, evaluation, params, dag_run)
 
-    @task(multiple_outputs=False, pool=settings.registry_pool)
+    @task(
+        multiple_outputs=False,
+        pool=settings.registry_pool,
+        doc_md="Its XCom `summary` is the run at a glance: data digest, scores, decision, version promoted, "
+        "and the link to the candidate's MLflow run (which links back here, tag `airflow.run_url`).",
+    )
     def promote(
         candidate: dict, decision: dict, evaluation: dict, staged: dict, params=None, dag_run=None, ti=None
     ) -> dict:

@@ -29,9 +29,10 @@ settings = Settings.from_env()
     doc_md=__doc__,
     default_args={"owner": "ml-platform", "retries": settings.task_retries},
     params={
+        # Optional, so null by default: the trigger form treats an empty string as a missing required value.
         "to_version": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             pattern=r"^([1-9][0-9]*)?$",
             title="Version",
             description="The version to make champion; empty: the previous champion.",

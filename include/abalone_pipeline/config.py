@@ -49,6 +49,12 @@ def _number(env: Mapping[str, str], name: str, default: T, parse: Callable[[str]
         raise ConfigError(f"{name}={raw!r} is not {what}") from None
 
 
+def _schedule(raw: str | None, default: str | None) -> str | None:
+    if not raw:
+        return default
+    return None if raw.strip().lower() == "none" else raw.strip()
+
+
 def _policy(env: Mapping[str, str], name: str, default: GatePolicy) -> GatePolicy:
     """A JSON object of gate policy keys; those it leaves out keep their defaults."""
     raw = env.get(name)
@@ -93,6 +99,10 @@ class Settings:
     drift_max_mean_shift: float = 0.2
     drift_max_share_shift: float = 0.05
     aws_conn_id: str = "aws_default"
+    # Failures of a run and of its training task are published here too (the log line is always written).
+    sns_topic_arn: str | None = None
+    # The Airflow UI, for the link from each MLflow run back to its Airflow run.
+    airflow_base_url: str = "http://localhost:8080"
     trainer_image: str = "abalone-trainer:latest"
     gpu: bool = False
     docker_url: str = "unix://var/run/docker.sock"
@@ -101,6 +111,10 @@ class Settings:
     train_pool: str = "gpu"
     # One slot: promotions (and rollbacks) never run concurrently.
     registry_pool: str = "mlflow_registry"
+    # The nightly schedule (cron, or "none" for manual runs only) and how many runs may be active at once;
+    # concurrent runs share the gpu pool (training) and the registry pool (promotion).
+    schedule: str | None = "0 2 * * *"
+    max_active_runs: int = 1
     task_retries: int = 2
     retry_delay_seconds: int = 120
     # The gate's default policy (see gate.GatePolicy); each run may override any of its keys.
@@ -142,12 +156,16 @@ class Settings:
             max_source_bytes=_number(env, "ABALONE_MAX_SOURCE_BYTES", default.max_source_bytes, int, "a whole number"),
             staging_dir=env.get("ABALONE_STAGING_DIR") or None,
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
+            sns_topic_arn=env.get("ABALONE_SNS_TOPIC_ARN") or None,
+            airflow_base_url=text("ABALONE_AIRFLOW_BASE_URL", default.airflow_base_url).rstrip("/"),
             trainer_image=text("ABALONE_TRAINER_IMAGE", default.trainer_image),
             gpu=_bool(env, "ABALONE_GPU", default.gpu),
             docker_url=text("ABALONE_DOCKER_URL", default.docker_url),
             network_mode=text("ABALONE_DOCKER_NETWORK_MODE", default.network_mode),
             train_queue=text("ABALONE_TRAIN_QUEUE", default.train_queue),
             train_pool=text("ABALONE_TRAIN_POOL", default.train_pool),
+            schedule=_schedule(env.get("ABALONE_SCHEDULE"), default.schedule),
+            max_active_runs=_number(env, "ABALONE_MAX_ACTIVE_RUNS", default.max_active_runs, int, "a whole number"),
             task_retries=_number(env, "ABALONE_TASK_RETRIES", default.task_retries, int, "a whole number"),
             retry_delay_seconds=_number(
                 env, "ABALONE_RETRY_DELAY_SECONDS", default.retry_delay_seconds, int, "a whole number"
@@ -169,9 +187,17 @@ class Settings:
                 f"ABALONE_MLFLOW_TRACKING_URI={self.tracking_uri!r}: use an http(s):// MLflow server "
                 "or a SageMaker MLflow tracking server ARN (arn:aws:sagemaker:...)"
             )
+        if self.sns_topic_arn and not self.sns_topic_arn.startswith("arn:aws:sns:"):
+            raise ConfigError(f"ABALONE_SNS_TOPIC_ARN={self.sns_topic_arn!r}: use an SNS topic ARN (arn:aws:sns:...)")
         if not self.object_store_uri.startswith(("file://", "s3://")):
             raise ConfigError(
                 f"ABALONE_OBJECT_STORE_URI={self.object_store_uri!r}: use s3://bucket/prefix or file:///dir"
+            )
+        if not 1 <= self.max_active_runs <= 16:
+            raise ConfigError(f"ABALONE_MAX_ACTIVE_RUNS must be between 1 and 16, got {self.max_active_runs}")
+        if self.schedule is not None and len(self.schedule.split()) not in (5, 6) and not self.schedule.startswith("@"):
+            raise ConfigError(
+                f"ABALONE_SCHEDULE={self.schedule!r}: use a cron expression, a preset like @daily, or none"
             )
         if not 0 <= self.task_retries <= 10:
             raise ConfigError(f"ABALONE_TASK_RETRIES must be between 0 and 10, got {self.task_retries}")

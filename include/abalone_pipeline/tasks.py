@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from abalone_pipeline.config import Settings
 from abalone_pipeline.gate import Decision, GatePolicy, PolicyError, decide
+from abalone_pipeline.notify import run_summary
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +182,30 @@ def promote_candidate(
         "abalone.trainer_image_digest": image.get("digest") or "none (built locally, never pushed)",
         "abalone.code_revision": image.get("revision") or candidate.get("code_revision") or "unknown",
         "mlflow.run_id": candidate["run_id"],
+        "airflow.run_url": airflow_run_url(settings, dag_run),
     }
     context = {key: value for key, value in audit_tags.items() if key.startswith(("airflow.", "abalone."))}
     report = render(gate_decision, evaluation, context)
     client = registry.mlflow_client(settings.tracking_uri)
     if staged.get("drift"):
         client.log_dict(candidate["run_id"], staged["drift"], "data/drift.json")
+    client.set_tag(candidate["run_id"], "airflow.run_url", audit_tags["airflow.run_url"])  # the way back
+
+    def with_summary(outcome: dict[str, Any]) -> dict[str, Any]:
+        summary = run_summary(
+            staged=staged,
+            decision=decision,
+            outcome=outcome,
+            mlflow_run_url=mlflow_run_url(settings, client, candidate),
+        )
+        log.info("run summary: %s", summary)
+        return {**outcome, "summary": summary}
+
     if params.get("dry_run"):
         registry.record_report(client, candidate["run_id"], gate_decision, report)
         client.set_tag(candidate["run_id"], registry.TAG_DRY_RUN, gate_decision.verdict)
         log.info("DRY RUN: the gate says %s; the registry was not touched", gate_decision.verdict.upper())
-        return {"promoted": False, "verdict": gate_decision.verdict, "dry_run": True, "version": None}
+        return with_summary({"promoted": False, "verdict": gate_decision.verdict, "dry_run": True, "version": None})
     try:
         outcome = registry.apply_decision(
             client,
@@ -213,7 +228,24 @@ def promote_candidate(
         settings.champion_alias,
         champion if champion is not None else " (none yet)",
     )
-    return outcome
+    return with_summary(outcome)
+
+
+def airflow_run_url(settings: Settings, dag_run) -> str:
+    """The run's page in the Airflow UI."""
+    return f"{settings.airflow_base_url}/dags/{quote(dag_run.dag_id, safe='')}/runs/{quote(dag_run.run_id, safe='')}"
+
+
+def mlflow_run_url(settings: Settings, client, candidate: dict[str, Any]) -> str | None:
+    """The candidate's page in the MLflow UI; None for SageMaker (its UI is reached through the console)."""
+    if not settings.tracking_uri.startswith(("http://", "https://")):
+        return None
+    try:
+        experiment = client.get_run(candidate["run_id"]).info.experiment_id
+    except Exception as exc:  # a link is a convenience: never fail the promotion over it
+        log.warning("cannot look up the candidate's experiment for its link: %s", exc)
+        return None
+    return f"{settings.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{candidate['run_id']}"
 
 
 def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> dict[str, Any]:

@@ -60,6 +60,9 @@ def test_retraining_dag_shape(dagbag):
     assert dag.get_task("promote").pool == "mlflow_registry", "promotions are serialised by a one-slot pool"
     (asset,) = dag.get_task("stage").outlets
     assert asset.name == "abalone_staged_dataset" and asset.uri.endswith("/datasets/abalone")
+    # Failures of the run and of the training task reach the notifiers (the log line at least).
+    for callbacks in (dag.on_failure_callback, train.on_failure_callback):
+        assert "LogFailure" in [type(callback).__name__ for callback in callbacks]
 
 
 def test_rollback_dag_is_manual_and_serialised(dagbag):

@@ -11,6 +11,7 @@ import sys
 import threading
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -113,6 +114,13 @@ def test_the_mlflow_run_records_everything(first_run, client, s3):
     assert {"training", "validation", "testing"} <= contexts
     assert all(STAGING_BUCKET in d.dataset.source for d in run.inputs.dataset_inputs)
     assert run.data.tags["airflow.run_id"] == f"manual__{RUN_1}"
+    # The way back from MLflow to the Airflow run's page.
+    assert (
+        run.data.tags["airflow.run_url"]
+        == f"http://localhost:8080/dags/abalone_retraining/runs/manual__{quote(RUN_1, safe='')}"
+    )
+    # The run summary is in the promote task's XCom, and in its log.
+    assert "run summary: {'dataset_id': '" + run.data.tags["abalone.dataset_id"] in first_run.output
     # The bundled data's two rows with Height 0 are quarantined next to the staged splits, and counted.
     assert run.data.metrics["data_quarantined_rows"] == 2 == run.data.metrics["data_quarantined.Height.greater_than"]
     assert run.data.metrics["data_valid_rows"] == 4175
@@ -322,4 +330,5 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, 
             s3.put_object(Bucket=STAGING_BUCKET, Key=restore[0], Body=restore[1])
     assert result.returncode != 0
     assert message in result.output
+    assert 'ABALONE_FAILURE {"dag_id": "abalone_retraining"' in result.output, "the run's failure notifier fired"
     assert (versions(client), champion(client), len(runs(client))) == before

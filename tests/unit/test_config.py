@@ -64,6 +64,9 @@ def test_mlflow_tracking_uri_is_a_fallback():
         ("ABALONE_OBJECT_STORE_URI", "gs://bucket", "s3://bucket/prefix"),
         ("ABALONE_TASK_RETRIES", "many", "not a whole number"),
         ("ABALONE_CHAMPION_ALIAS", "v3", "reserved by MLflow"),
+        ("ABALONE_SCHEDULE", "every night", "use a cron expression"),
+        ("ABALONE_MAX_ACTIVE_RUNS", "0", "between 1 and 16"),
+        ("ABALONE_SNS_TOPIC_ARN", "ml-alerts", "an SNS topic ARN"),
     ],
 )
 def test_malformed_settings_name_the_variable(name, value, message):
@@ -74,3 +77,11 @@ def test_malformed_settings_name_the_variable(name, value, message):
 @pytest.mark.parametrize("slices", ["none", "sex", "rings:7,11", "sex;rings:5", "rings:9;sex"])
 def test_slice_settings_the_trainer_accepts_pass(slices):
     assert Settings.from_env({"ABALONE_EVAL_SLICES": slices}).eval_slices == slices
+
+
+def test_schedule_and_concurrency_are_configuration():
+    assert (Settings().schedule, Settings().max_active_runs) == ("0 2 * * *", 1)
+    settings = Settings.from_env({"ABALONE_SCHEDULE": "none", "ABALONE_MAX_ACTIVE_RUNS": "2"})
+    assert (settings.schedule, settings.max_active_runs) == (None, 2)
+    assert Settings.from_env({"ABALONE_SCHEDULE": "30 1 * * 1-5"}).schedule == "30 1 * * 1-5"
+    assert Settings.from_env({"ABALONE_SCHEDULE": "@daily"}).schedule == "@daily"
