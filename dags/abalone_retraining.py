@@ -50,10 +50,9 @@ TRAINER_ENV = {
 STORE_MOUNTS = [Mount(target=str(root), source=str(root), type="bind")] if (root := settings.local_store_root) else []
 MANIFEST_URI = "{{ ti.xcom_pull(task_ids='stage')['manifest_uri'] }}"
 # Updated by every successful stage, with the dataset's id and manifest in the event's extra, so other
-# DAGs can be scheduled on freshly staged data.
-STAGED_DATASET = Asset(
-    name="abalone_staged_dataset", uri=f"{settings.object_store_uri}/datasets/abalone", group="abalone"
-)
+# DAGs can be scheduled on freshly staged data. Its URI is its name: an s3:// URI would make Airflow
+# load the Amazon provider's asset handler, and boto3 with it, on every parse of this file.
+STAGED_DATASET = Asset(name="abalone_staged_dataset", group="abalone")
 container_defaults = {
     "image": settings.trainer_image,
     "docker_url": settings.docker_url,
