@@ -7,7 +7,6 @@ the gate, not the data, decides what is promoted.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,15 +97,6 @@ class Moments:
             "sex_shares": {name: n / count for name, n in self.sexes.items()},
             "rings_shares": {name: n / count for name, n in self.bands.items()},
         }
-
-
-def statistics(rows: list[list[str]]) -> dict[str, Any]:
-    """The statistics of ``rows`` given as fields (``Moments`` for rows already in memory)."""
-    import numpy as np
-
-    moments = Moments()
-    moments.add(np.array([row[1:] for row in rows], dtype=np.float64).T, Counter(row[0] for row in rows))
-    return moments.result()
 
 
 def compare(previous: dict[str, Any], current: dict[str, Any], thresholds: DriftThresholds) -> dict[str, Any]:

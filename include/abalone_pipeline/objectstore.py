@@ -216,12 +216,6 @@ class S3Store(ObjectStore):
         except Exception as exc:
             raise _s3_error(exc, "read", self.uri(key)) from exc
 
-    def size(self, key: str) -> int:
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
-        except Exception as exc:
-            raise _s3_error(exc, "check", self.uri(key)) from exc
-
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
 

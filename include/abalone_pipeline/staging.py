@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from abalone_pipeline.drift import Moments
-from abalone_pipeline.objectstore import ContentMismatch, ObjectStore
+from abalone_pipeline.objectstore import ContentMismatch, ObjectStore, file_sha256
 from abalone_pipeline.validation import (
     COLUMNS,
     DEFAULT_POLICY,
@@ -479,19 +479,19 @@ def _values(entries: list[tuple[int, str, str, str]]):
     return np.array([row[1:] for row in rows], dtype=np.float64).T, Counter(row[0] for row in rows)
 
 
-def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments, duplicates_dir: Path):
+def _assemble(spool: _Spool, spec: SplitSpec, directory: Path, moments: Moments):
     """Write the split files; return their entries, the sorted runs of duplicates, how many duplicates there
     are and how many of them have a part heavier than the whole (counted once already in the scan)."""
 
     files = {name: _SplitFile(directory / f"{name}.csv") for name in _SPLIT_BY_INDEX}
     try:
-        return _fill(files, spool, spec, moments, duplicates_dir)
+        return _fill(files, spool, spec, moments, directory)
     finally:
         for split in files.values():
             split.handle.close()
 
 
-def _fill(files: dict[str, _SplitFile], spool: _Spool, spec: SplitSpec, moments: Moments, duplicates_dir: Path):
+def _fill(files: dict[str, _SplitFile], spool: _Spool, spec: SplitSpec, moments: Moments, directory: Path):
     import numpy as np
 
     runs = []
@@ -510,7 +510,7 @@ def _fill(files: dict[str, _SplitFile], spool: _Spool, spec: SplitSpec, moments:
             moments.remove(columns, sexes)
             heavier_duplicates += heavier_than_whole(columns)
             duplicates += len(entries)
-            run = _QuarantineRun(duplicates_dir / f"duplicates-{index:04d}.csv")
+            run = _QuarantineRun(directory / f"duplicates-{index:04d}.csv")
             run.write(entries)
             run.close()
             runs.append(run.path)
@@ -528,7 +528,6 @@ def _fill(files: dict[str, _SplitFile], spool: _Spool, spec: SplitSpec, moments:
 
 def _write_quarantine(path: Path, runs: list[Path]) -> tuple[dict[str, Any] | None, list]:
     """Merge the sorted runs into one quarantine CSV in line order; None if nothing was quarantined."""
-    digest = hashlib.sha256()
     first: list[tuple[int, str, str, str]] = []
     count = 0
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -541,10 +540,7 @@ def _write_quarantine(path: Path, runs: list[Path]) -> tuple[dict[str, Any] | No
                 first.append(entry)
     if not count:
         return None, first
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return {"rows": count, "sha256": digest.hexdigest(), "bytes": path.stat().st_size}, first
+    return {"rows": count, "sha256": file_sha256(path), "bytes": path.stat().st_size}, first
 
 
 # --------------------------------------------------------------------------------------------------
@@ -631,7 +627,7 @@ def stage(
                 source_uri,
                 policy,
             )
-        splits, runs, duplicates, heavier_duplicates = _assemble(spool, spec, directory, moments, directory)
+        splits, runs, duplicates, heavier_duplicates = _assemble(spool, spec, directory, moments)
         heavier = scan.heavier - heavier_duplicates
         quarantine, first = _write_quarantine(directory / QUARANTINE, [rules.path, *runs])
         counts = Counter(scan.counts)
