@@ -15,6 +15,19 @@ import pytest
 from abalone_pipeline.config import BUNDLED_DATA
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_tracking_uri():
+    """``mlflow.set_tracking_uri`` exports ``MLFLOW_TRACKING_URI`` to the process: one test's sqlite store
+    must not become the next test's default (the DAGs' config refuses it, so a later parse would fail)."""
+    before = {name: os.environ.get(name) for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def abalone_bytes() -> bytes:
     return BUNDLED_DATA.read_bytes()

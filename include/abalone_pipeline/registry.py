@@ -154,10 +154,13 @@ def apply_decision(
             "champion_version": decision.champion_version,
         }
 
-    ensure_registered_model(client, model_name, "Abalone age (Rings) regressor, promoted by the nightly gate.")
+    current = current_version(client, model_name, alias)  # read again: it may have moved since the evaluation
+    if current is None:
+        # Only then can the model be missing. Asking MLflow's SQL store to create an existing model costs
+        # O(versions): it answers "already exists" by loading the model with all its versions.
+        ensure_registered_model(client, model_name, "Abalone age (Rings) regressor, promoted by the nightly gate.")
     airflow_run = audit_tags[TAG_AIRFLOW_RUN]
     version = registered_version(client, model_name, airflow_run)
-    current = current_version(client, model_name, alias)  # re-read just before the move
     allowed = {decision.champion_version} | ({str(version.version)} if version is not None else set())
     if current not in allowed:
         raise PromotionConflict(

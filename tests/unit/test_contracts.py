@@ -27,11 +27,9 @@ def test_test_metric_names_agree():
     assert set(results.TEST_METRICS) == {f"test_{name}" for name in ("rmse", "mae", "r2", "mse")}
 
 
-def test_the_forms_hyperparameter_defaults_are_the_trainers(monkeypatch):
+def test_the_forms_hyperparameter_defaults_are_the_trainers():
     from airflow.dag_processing.dagbag import DagBag
 
-    # mlflow.set_tracking_uri (in earlier trainer tests) exports a sqlite URI, which the DAG's config refuses.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     dagbag = DagBag(dag_folder=str(PROJECT_ROOT / "dags"))
     assert dagbag.import_errors == {}
     params = dagbag.dags["abalone_retraining"].params

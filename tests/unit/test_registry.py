@@ -147,6 +147,29 @@ def test_a_better_candidate_moves_the_alias_and_keeps_the_previous_champion(clie
     assert client.get_model_version(NAME, "2").tags["abalone.previous_champion"] == "1"
 
 
+class CountingCreates(MlflowClient):
+    """Counts attempts to create the registered model: MLflow's SQL store answers one for an existing model
+    by loading it with every one of its versions."""
+
+    creates = 0
+
+    def create_registered_model(self, *args, **kwargs):
+        self.creates += 1
+        return super().create_registered_model(*args, **kwargs)
+
+
+def test_a_promotion_over_a_champion_does_not_create_the_model_again(client, tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"  # the store of ``client``
+    counting = CountingCreates(tracking_uri=uri, registry_uri=uri)
+    promote(counting, candidate(counting))
+    assert counting.creates == 1
+    outcome = promote(counting, candidate(counting), champion="1")
+    assert outcome["version"] == "2" and current_version(client, NAME, ALIAS) == "2"
+    assert current_version(client, NAME, PREVIOUS) == "1" and counting.creates == 1
+    client.delete_registered_model_alias(NAME, ALIAS)  # with no champion, the model may be missing: ensure it
+    assert promote(counting, candidate(counting))["version"] == "3" and counting.creates == 2
+
+
 def test_a_forced_promotion_records_who_and_why(client):
     promote(client, candidate(client))
     outcome = promote(client, candidate(client), passed=False, champion="1", forced_by="bob")
