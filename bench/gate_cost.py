@@ -43,11 +43,8 @@ import logging
 import os
 import platform
 import random
-import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +52,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from _mlflow_server import mlflow_server
 
 TARGET_RATIO = 1.2
 EXPERIMENT = "abalone-gate-cost"
@@ -68,63 +67,6 @@ TAG_INDEXES = """
 CREATE INDEX bench_tags_key_value ON tags ("key", value);
 CREATE INDEX bench_model_version_tags_key_value ON model_version_tags (workspace, "key", value);
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(home: Path) -> tuple[subprocess.Popen, str]:
-    """``mlflow server`` on a SQLite file in ``home``, answering /health."""
-    import requests
-
-    port = free_port()
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{home}/mlflow.db",
-            "--artifacts-destination",
-            str(home / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,  # its own process group: stopping it stops its workers too
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                return process, uri
-        except requests.ConnectionError:
-            pass
-        if process.poll() is not None:
-            break
-        time.sleep(1)
-    stop_server(process)
-    raise SystemExit(f"mlflow server did not answer /health: {(home / 'server.log').read_text()[-2000:]}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 def evaluation(
@@ -583,8 +525,7 @@ def main() -> None:
     rows, timings = [], {}
     with tempfile.TemporaryDirectory(prefix="gate-cost-") as tmp:
         home = Path(tmp)
-        process, uri = start_server(home)
-        try:
+        with mlflow_server(home) as uri:
             client = registry.mlflow_client(uri)
             experiment_id = tracking.ensure_experiment(client, EXPERIMENT)
             registry.ensure_registered_model(client, MODEL_NAME, "gate cost benchmark")
@@ -602,8 +543,6 @@ def main() -> None:
                 timings[level] = measure(uri, history, level, args.repeat)
                 rows.append((level, runs, versions, populated))
                 print(f"level {level:,} measured ({time.monotonic() - started:.0f} s)", file=sys.stderr)
-        finally:
-            stop_server(process)
 
     print(
         f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "

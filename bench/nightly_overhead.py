@@ -25,26 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sqlite3
 import statistics
 import subprocess
 import tempfile
 import time
-import urllib.request
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
+
+from _mlflow_server import free_port, mlflow_server
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 BIN = REPOSITORY / ".venv" / "bin"
 TARGET_RATIO = 1.3
 TASKS = ("stage", "train", "evaluate", "gate", "promote")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def embedded_env(local_dir: Path) -> dict[str, str]:
@@ -60,41 +55,6 @@ def embedded_env(local_dir: Path) -> dict[str, str]:
         capture_output=True,
     ).stdout
     return dict(item.split("=", 1) for item in dump.decode().split("\0") if "=" in item)
-
-
-def start_mlflow(env: dict[str, str], local_dir: Path) -> subprocess.Popen:
-    home = local_dir / "mlflow"
-    home.mkdir(parents=True)
-    server = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{home / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(home / "artifacts"),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            env["ABALONE_MLFLOW_PORT"],
-            "--workers",
-            "1",
-        ],
-        env=env,
-        stdout=(home / "server.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{env['ABALONE_MLFLOW_TRACKING_URI']}/health", timeout=2)
-            return server
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    raise SystemExit(f"the MLflow server did not start; see {home / 'server.log'}")
 
 
 def prepare_airflow(env: dict[str, str]) -> None:
@@ -114,7 +74,7 @@ def dag_run(env: dict[str, str], log: Path) -> dict:
     wall = time.monotonic() - started
     if status != 0:
         raise SystemExit(f"the DAG run failed; see {log}")
-    with sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db") as db:
+    with closing(sqlite3.connect(Path(env["AIRFLOW_HOME"]) / "airflow.db")) as db:
         run_id, run_start, run_end = db.execute(
             "select run_id, start_date, end_date from dag_run where dag_id = 'abalone_retraining' "
             "order by id desc limit 1"
@@ -158,6 +118,8 @@ def trainer_alone(env: dict[str, str], command: list[str], key: str) -> float:
     """The train task's container command under ``docker run``, outside Airflow; its wall time."""
     command = list(command)
     command[command.index("--idempotency-key") + 1] = key
+    # Its own experiment: its runs must not count as the next DAG run's prior runs.
+    command[command.index("--experiment") + 1] += "-trainer-alone"
     store = env["ABALONE_OBJECT_STORE_URI"].removeprefix("file://")
     docker = [
         "docker",
@@ -193,8 +155,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="abalone-overhead-") as tmp:
         env = embedded_env(Path(tmp))
-        server = start_mlflow(env, Path(tmp))
-        try:
+        # As ``make run`` starts it: the port env.sh put in the tracking URI, the same directory.
+        with mlflow_server(Path(tmp) / "mlflow", int(env["ABALONE_MLFLOW_PORT"]), env):
             prepare_airflow(env)
             runs, alone = [], []
             for index in range(args.runs):
@@ -205,9 +167,6 @@ def main() -> None:
                     f"trainer alone {alone[-1]:.1f} s",
                     flush=True,
                 )
-        finally:
-            os.killpg(server.pid, 15)
-            server.wait(timeout=30)
 
     print(f"\nimage {env['ABALONE_TRAINER_IMAGE']}; {args.runs} DAG runs, each followed by the trainer alone\n")
     print(
@@ -222,12 +181,14 @@ def main() -> None:
         print(f"| {index + 1} | {champion} | {run['wall']:.1f} | {run['dag_run']:.1f} | {durations} | {seconds:.1f} |")
 
     nightly = statistics.median(run["wall"] for run in runs[1:])
-    alone_median = statistics.median(alone)
+    dag_only = statistics.median(run["dag_run"] for run in runs[1:])
+    alone_median = statistics.median(alone)  # the trainer alone does not depend on a champion: all runs
     ratio = nightly / alone_median
     print(
-        f"\nNightly run (median of runs 2-{args.runs}, the whole `dags test`): {nightly:.1f} s; trainer alone "
-        f"(median of {len(alone)}): {alone_median:.1f} s; ratio {ratio:.2f} (target <= {TARGET_RATIO}: "
-        f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})"
+        f"\nNightly run (median of runs 2-{args.runs}, the whole `dags test` command): {nightly:.1f} s; trainer "
+        f"alone (median of {len(alone)}): {alone_median:.1f} s; ratio {ratio:.2f} (target <= {TARGET_RATIO}: "
+        f"{'met' if ratio <= TARGET_RATIO else 'NOT met'}). Counting only the DAG run as Airflow records it "
+        f"(without the command's start-up): {dag_only:.1f} s, {dag_only / alone_median:.2f}x."
     )
     steady = runs[1:]
     print("\n| task | median s | share of the nightly run |\n|---|---|---|")

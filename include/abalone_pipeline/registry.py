@@ -155,10 +155,6 @@ def apply_decision(
         }
 
     current = current_version(client, model_name, alias)  # read again: it may have moved since the evaluation
-    if current is None:
-        # Only then can the model be missing. Asking MLflow's SQL store to create an existing model costs
-        # O(versions): it answers "already exists" by loading the model with all its versions.
-        ensure_registered_model(client, model_name, "Abalone age (Rings) regressor, promoted by the nightly gate.")
     airflow_run = audit_tags[TAG_AIRFLOW_RUN]
     version = registered_version(client, model_name, airflow_run)
     allowed = {decision.champion_version} | ({str(version.version)} if version is not None else set())
@@ -167,6 +163,10 @@ def apply_decision(
             f"{model_name}@{alias} moved to v{current} after this candidate was compared with "
             f"v{decision.champion_version}; nothing was changed. Re-run the DAG to compare against v{current}."
         )
+    if current is None:
+        # Only then can the model be missing. Asking MLflow's SQL store to create an existing model costs
+        # O(versions): it answers "already exists" by loading the model with all its versions.
+        ensure_registered_model(client, model_name, "Abalone age (Rings) regressor, promoted by the nightly gate.")
     if version is None:
         model_uri = candidate["model_uri"]
         model_id = model_uri.removeprefix("models:/") if model_uri.startswith("models:/m-") else None

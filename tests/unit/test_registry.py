@@ -194,6 +194,16 @@ def test_an_alias_moved_or_deleted_since_evaluation_is_a_conflict_and_changes_no
     assert TAG_DECISION not in client.get_run(judged_against_v1["run_id"]).data.tags
 
 
+def test_a_registered_model_deleted_since_evaluation_is_a_conflict_and_is_not_recreated(client):
+    promote(client, candidate(client))
+    judged_against_v1 = candidate(client)
+    client.delete_registered_model(NAME)
+    with pytest.raises(PromotionConflict, match="moved to vNone"):
+        promote(client, judged_against_v1, champion="1")
+    assert client.search_registered_models(f"name = '{NAME}'") == []
+    assert TAG_DECISION not in client.get_run(judged_against_v1["run_id"]).data.tags
+
+
 @pytest.fixture
 def three_promotions(client):
     promote(client, candidate(client))
