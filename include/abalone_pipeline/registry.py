@@ -159,9 +159,14 @@ def apply_decision(
     version = registered_version(client, model_name, airflow_run)
     allowed = {decision.champion_version} | ({str(version.version)} if version is not None else set())
     if current not in allowed:
+        what_happened, rerun = (
+            ("was removed", "as a first champion")
+            if current is None
+            else (f"moved to v{current}", f"against v{current}")
+        )
         raise PromotionConflict(
-            f"{model_name}@{alias} moved to v{current} after this candidate was compared with "
-            f"v{decision.champion_version}; nothing was changed. Re-run the DAG to compare against v{current}."
+            f"{model_name}@{alias} {what_happened} after this candidate was compared with "
+            f"v{decision.champion_version}; nothing was changed. Re-run the DAG to judge the candidate {rerun}."
         )
     if current is None:
         # Only then can the model be missing. Asking MLflow's SQL store to create an existing model costs
