@@ -3,15 +3,18 @@
 # trained, loaded and scored only in the trainer image (trainer/Dockerfile).
 #
 #   docker compose build        (or: docker build -t abalone-airflow .)
-ARG AIRFLOW_VERSION=3.3.2
-ARG PYTHON_VERSION=3.11
-FROM apache/airflow:${AIRFLOW_VERSION}-python${PYTHON_VERSION}
+#
+# AIRFLOW_BASE_IMAGE: the official image by default; a mirror of it, or the stand-in built by
+# `standins/build.sh airflow` where no registry is reachable. Its Airflow must be AIRFLOW_VERSION.
+ARG AIRFLOW_BASE_IMAGE=apache/airflow:3.3.2-python3.11
+FROM ${AIRFLOW_BASE_IMAGE}
 
-ARG AIRFLOW_VERSION
+ARG AIRFLOW_VERSION=3.3.2
 # The versions the tests ran with; apache-airflow is pinned to the base image's so pip never moves it.
 COPY --chown=airflow:0 requirements.txt constraints.txt /opt/abalone/
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
-        -r /opt/abalone/requirements.txt -c /opt/abalone/constraints.txt
+        -r /opt/abalone/requirements.txt -c /opt/abalone/constraints.txt \
+    && pip check
 
 COPY --chown=airflow:0 include /opt/abalone/include
 COPY --chown=airflow:0 dags /opt/airflow/dags

@@ -11,7 +11,6 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 image=${ABALONE_TRAINER_IMAGE:-abalone-trainer:latest}
 base=${ABALONE_TRAINER_BASE_IMAGE:-$(sed -n 's/^ARG BASE_IMAGE=//p' "$root/trainer/Dockerfile")}
-standin=${ABALONE_STANDIN_IMAGE:-abalone/tensorflow-training-standin:2.21.0-cpu-py311}
 python=${PYTHON:-python3}
 
 log() { printf '[trainer-image] %s\n' "$*" >&2; }
@@ -19,20 +18,19 @@ log() { printf '[trainer-image] %s\n' "$*" >&2; }
 docker info >/dev/null 2>&1 || { log "no Docker engine is reachable; see the README's 'Docker' section"; exit 1; }
 
 if [[ "${ABALONE_USE_STANDIN:-0}" == 1 ]]; then
-    base=$standin
+    base=$("$root/standins/build.sh" tensorflow)
 elif ! docker image inspect "$base" >/dev/null 2>&1 && ! docker pull "$base" >/dev/null 2>&1; then
     if [[ -n "${ABALONE_TRAINER_BASE_IMAGE:-}" ]]; then
         log "cannot pull ABALONE_TRAINER_BASE_IMAGE=$base; not substituting the CPU stand-in for an explicit base"
         exit 1
     fi
-    log "cannot pull $base (no registry reachable?); building on the stand-in $standin"
-    base=$standin
+    log "cannot pull $base (no registry reachable?); building on the stand-in (standins/tensorflow)"
+    base=$("$root/standins/build.sh" tensorflow)
 fi
-[[ "$base" != "$standin" ]] || "$root/trainer/standin/build.sh" "$standin"
 
 base_id=$(docker image inspect --format '{{.Id}}' "$base")
 inputs_hash=$( (cd "$root/trainer" && find . -type f \( -name '*.py' -o -name '*.toml' -o -name Dockerfile \) \
-    -not -path './standin/*' -not -path './build/*' -not -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; sha256sum "$root/constraints.txt"; echo "$base_id") \
+    -not -path './build/*' -not -path '*.egg-info/*' -print0 | sort -z | xargs -0 sha256sum; sha256sum "$root/constraints.txt"; echo "$base_id") \
     | sha256sum | cut -c1-12)
 hashed="abalone-trainer:src-$inputs_hash"
 if docker image inspect "$hashed" >/dev/null 2>&1; then

@@ -27,6 +27,11 @@ PASSTHROUGH_ENV = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "MLFLOW_S3_ENDPOINT_URL",
+    # Whether MLflow moves large artifacts straight to and from the artifact store by presigned URLs (what
+    # the server advertises, when unset) or through the server: presigned URLs name the store as the server
+    # reaches it, which a trainer on another host may not (docker-compose.yaml's gpu-worker-remote).
+    "MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD",
+    "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD",
 )
 PASSTHROUGH_SECRETS = (
     "AWS_ACCESS_KEY_ID",
