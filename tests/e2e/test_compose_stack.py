@@ -248,19 +248,21 @@ def runs(stack, tmp_path_factory) -> Iterator[dict]:
     events = (tmp_path_factory.mktemp("events") / "docker-events.jsonl").open("w")
     watch = ["docker", "events", "--format", "{{json .}}", "--filter", "type=container", "--filter", "type=network"]
     recorder = subprocess.Popen([*watch, "--filter", "event=start", "--filter", "event=connect"], stdout=events)
-    api("PATCH", "", json={"is_paused": False})
-    first = api.trigger(CONF)
-    api.wait(first)
-    gpu_worker = stack.compose.containers()["airflow-worker-gpu"]
-    stack.compose("stop", "airflow-worker-gpu")
-    stack.remote("--profile", "gpu-worker-remote", "up", "-d", "airflow-worker-gpu-remote")
-    stack.remote.wait_healthy()
-    second = api.trigger(CONF)
-    api.wait(second)
-    remote_worker = stack.remote.containers()["airflow-worker-gpu-remote"]
-    recorder.terminate()
-    recorder.wait(timeout=30)
-    events.close()
+    try:
+        api("PATCH", "", json={"is_paused": False})
+        first = api.trigger(CONF)
+        api.wait(first)
+        gpu_worker = stack.compose.containers()["airflow-worker-gpu"]
+        stack.compose("stop", "airflow-worker-gpu")
+        stack.remote("--profile", "gpu-worker-remote", "up", "-d", "airflow-worker-gpu-remote")
+        stack.remote.wait_healthy()
+        second = api.trigger(CONF)
+        api.wait(second)
+        remote_worker = stack.remote.containers()["airflow-worker-gpu-remote"]
+    finally:
+        recorder.terminate()
+        recorder.wait(timeout=30)
+        events.close()
     yield {
         "api": api,
         "first": first,
