@@ -148,6 +148,7 @@ def test_the_settings_agree_with_the_config_module(compose):
     assert settings.tracking_uri == "http://mlflow:5000"
     assert settings.network_mode == resolved(compose["networks"]["default"]["name"]), "trainers join the stack"
     init = compose["services"]["airflow-init"]["command"][-1]
+    assert init.count("/entrypoint") == 1, "the entrypoint (wait, migrate, create the user) runs once"
     for pool in (settings.train_pool, settings.registry_pool):
         assert re.search(rf"airflow pools set {pool} 1\b", init), f"pool {pool} is created at start"
     bucket = settings.object_store_uri.removeprefix("s3://").split("/")[0]
@@ -189,3 +190,10 @@ def test_the_airflow_image_installs_the_requirements_with_include_importable():
     version = re.search(r"^apache-airflow==(\S+)", (PROJECT_ROOT / "requirements.txt").read_text(), re.MULTILINE)
     assert f"ARG AIRFLOW_VERSION={version[1]}" in dockerfile, "the image's Airflow is the tested one"
     assert base[2] == version[1], "the base image's Airflow is the tested one"
+
+
+def test_the_auth_manager_the_stack_uses_is_installed_and_pinned(compose):
+    auth_manager = environment(compose["services"]["airflow-apiserver"])["AIRFLOW__CORE__AUTH_MANAGER"]
+    assert auth_manager.startswith("airflow.providers.fab.")
+    requirements = (PROJECT_ROOT / "requirements.txt").read_text()
+    assert re.search(r"^apache-airflow-providers-fab==\S+$", requirements, re.MULTILINE), "pin the FAB provider"
