@@ -17,8 +17,12 @@ alias in the MLflow model registry only when the gate passes.
   register it (once per DAG run) and move `champion`, keeping the old one as `previous_champion`.
   Its XCom `summary` is the run at a glance (data digest, scores, decision, version, MLflow link).
 
-A failed run or training attempt is logged as `ABALONE_FAILURE` and, with `ABALONE_SNS_TOPIC_ARN`,
-published to that SNS topic.
+* **clean_up** (a teardown: it runs whatever happened upstream): closes the trainer tasks' fences, removes
+  this run's trainer containers and marks MLflow runs left RUNNING as KILLED, and logs what it found.
+
+Each try of train and evaluate claims its task's fence first; a container whose try is no longer the
+current one stops itself. Every failed task, and a failed run, is logged as one `ABALONE_FAILURE` line
+with its reason and, with `ABALONE_SNS_TOPIC_ARN`, published to that SNS topic.
 
 A rejected candidate is an expected outcome: the run succeeds and the decision is on the MLflow run.
 Settings come from `ABALONE_*` environment variables (see the README); the form below overrides
@@ -38,9 +42,10 @@ from abalone_pipeline.gate import POLICY_SCHEMA
 from abalone_pipeline.notify import failure_notifiers
 from abalone_pipeline.operators import TrainerContainerOperator
 from abalone_pipeline.results import parse_evaluation, parse_train
+from abalone_pipeline.tasks import clean_up_after_failure
 
 settings = Settings.from_env()
-# A failed run, and a failed training attempt, are logged as ABALONE_FAILURE and sent to SNS if configured.
+# A failed task, and a failed run, are logged as ABALONE_FAILURE and sent to SNS if configured.
 ON_FAILURE = failure_notifiers(settings.sns_topic_arn, settings.aws_conn_id)
 
 TRAINER_ENV = {
@@ -61,6 +66,10 @@ container_defaults = {
     "mounts": STORE_MOUNTS,
     "queue": settings.train_queue,
     "entrypoint": ["abalone-trainer"],
+    "hardening": settings.hardening,
+    "stop_grace_seconds": settings.stop_grace_seconds,
+    "fence_store": settings.object_store_uri,
+    "aws_conn_id": settings.aws_conn_id,
 }
 
 
@@ -72,9 +81,11 @@ container_defaults = {
     dagrun_timeout=timedelta(hours=4),
     tags=["mlops", "retraining", "abalone"],
     doc_md=__doc__,
-    on_failure_callback=ON_FAILURE,
+    # A run that ends without its clean_up task (a run timeout) still has its fences and runs closed.
+    on_failure_callback=[*ON_FAILURE, clean_up_after_failure(settings)],
     default_args={
         "owner": "ml-platform",
+        "on_failure_callback": ON_FAILURE,
         "retries": settings.task_retries,
         "retry_delay": timedelta(seconds=settings.retry_delay_seconds),
         "retry_exponential_backoff": True,
@@ -182,7 +193,8 @@ def abalone_retraining():
         ],
         gpu="{{ params.gpu }}",
         pool=settings.train_pool,
-        on_failure_callback=ON_FAILURE,
+        execution_timeout=timedelta(minutes=settings.train_timeout_minutes),
+        timeout_setting="ABALONE_TRAIN_TIMEOUT_MINUTES",
         result_parser=parse_train,
         **container_defaults,
     )
@@ -207,6 +219,8 @@ def abalone_retraining():
             "--bootstrap-resamples",
             str(settings.bootstrap_resamples),
         ],
+        execution_timeout=timedelta(minutes=settings.evaluate_timeout_minutes),
+        timeout_setting="ABALONE_EVALUATE_TIMEOUT_MINUTES",
         result_parser=parse_evaluation,
         **container_defaults,
     )
@@ -241,9 +255,18 @@ def abalone_retraining():
             try_number=ti.try_number,
         )
 
+    # On the trainer queue: it removes containers from the Docker engine the trainer tasks use.
+    @task(multiple_outputs=False, queue=settings.train_queue)
+    def clean_up(dag_run=None) -> dict:
+        """Leave nothing of this run behind: fences closed, containers removed, no MLflow run RUNNING."""
+        from abalone_pipeline.tasks import clean_up_run
+
+        return clean_up_run(settings, dag_run.dag_id, dag_run.run_id)
+
     staged = stage()
     staged >> train >> evaluate
-    promote(train.output, gate(evaluate.output), evaluate.output, staged)
+    promoted = promote(train.output, gate(evaluate.output), evaluate.output, staged)
+    [train, evaluate, promoted] >> clean_up().as_teardown()
 
 
 abalone_retraining()

@@ -69,9 +69,63 @@ def _policy(env: Mapping[str, str], name: str, default: GatePolicy) -> GatePolic
         raise ConfigError(f"{name} is not a valid gate policy: {exc}") from None
 
 
+def _hardening(env: Mapping[str, str]) -> Hardening:
+    default = Hardening()
+    cpus = _number(env, "ABALONE_TRAINER_CPUS", 0.0, float, "a number")
+    if cpus < 0:
+        raise ConfigError(f"ABALONE_TRAINER_CPUS must be positive, got {cpus}")
+    # Empty: the default; "image": the image's own user; "none": no memory limit.
+    user = env.get("ABALONE_TRAINER_USER") or default.user
+    memory = env.get("ABALONE_TRAINER_MEMORY") or default.memory
+    return Hardening(
+        user=None if user == "image" else user,
+        memory=None if memory == "none" else memory,
+        cpus=cpus or None,
+        pids_limit=_number(env, "ABALONE_TRAINER_PIDS_LIMIT", default.pids_limit, int, "a whole number"),
+        shm_size=env.get("ABALONE_TRAINER_SHM_SIZE") or default.shm_size,
+        read_only=_bool(env, "ABALONE_TRAINER_READ_ONLY", default.read_only),
+        tmp_size=env.get("ABALONE_TRAINER_TMP_SIZE") or default.tmp_size,
+    )
+
+
 # What the trainer's --slices accepts (abalone_trainer.cli._slices); checked here so a typo fails the import.
 _SLICE = r"(sex|rings:\d+(,\d+)*)"
 SLICES_PATTERN = rf"none|{_SLICE}(;{_SLICE})*"
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """How trainer containers are confined (README, "Failure modes"); every field is a setting.
+
+    The defaults work on the DLC and on the stand-in: a non-root user with its HOME on the scratch tmpfs,
+    every capability dropped, no privilege escalation, an init process, a read-only root filesystem.
+    """
+
+    user: str | None = "1000:1000"
+    memory: str | None = "8g"
+    cpus: float | None = None  # None: every CPU of the host
+    pids_limit: int = 4096
+    shm_size: str = "1g"
+    read_only: bool = True
+    # Scratch space (MLflow's downloads, Keras' config) when the root filesystem is read-only; it is RAM.
+    tmp_size: str = "2g"
+
+    def host_config(self) -> dict:
+        """What the Docker provider has no parameter for, as ``docker.APIClient.create_host_config`` takes it."""
+        extra: dict = {
+            "init": True,
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "pids_limit": self.pids_limit,
+            "read_only": self.read_only,
+        }
+        if self.read_only:
+            extra["tmpfs"] = {"/tmp": f"rw,nosuid,nodev,exec,size={self.tmp_size}"}
+        if self.memory:
+            extra["memswap_limit"] = self.memory  # no swap beyond the memory limit
+        if self.cpus:
+            extra["nano_cpus"] = int(self.cpus * 1e9)
+        return extra
 
 
 @dataclass(frozen=True)
@@ -117,6 +171,16 @@ class Settings:
     max_active_runs: int = 1
     task_retries: int = 2
     retry_delay_seconds: int = 120
+    # A try of train or evaluate that runs longer is stopped, reported as a timeout, and retried.
+    train_timeout_minutes: float = 120
+    evaluate_timeout_minutes: float = 30
+    # Seconds a stopped trainer has to end its MLflow run before Docker kills it: under Airflow's 5 s
+    # between SIGTERM and SIGKILL of a task marked failed, so the task can still remove its container.
+    stop_grace_seconds: int = 3
+    hardening: Hardening = field(default_factory=Hardening)
+    # Where a run's source_uri may point: local directories, s3://bucket/prefix, https://host/path. Empty:
+    # the bundled data and the object store. The configured ABALONE_SOURCE_URI is always allowed.
+    allowed_sources: tuple[str, ...] = ()
     # The gate's default policy (see gate.GatePolicy); each run may override any of its keys.
     gate_policy: GatePolicy = field(default_factory=GatePolicy)
     # How the evaluation slices the test rows and how many paired-bootstrap resamples it draws.
@@ -128,6 +192,12 @@ class Settings:
         """The directory behind a ``file://`` object store, which the trainer container must mount."""
         parsed = urlparse(self.object_store_uri)
         return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+    @property
+    def source_prefixes(self) -> tuple[str, ...]:
+        """Where sources may be read from: ``allowed_sources``, or the defaults; and the configured source."""
+        configured = self.allowed_sources or (BUNDLED_DATA.parent.as_uri(), self.object_store_uri)
+        return (*configured, self.source_uri)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +243,19 @@ class Settings:
             previous_alias=text("ABALONE_PREVIOUS_ALIAS", default.previous_alias),
             registry_pool=text("ABALONE_REGISTRY_POOL", default.registry_pool),
             gate_policy=_policy(env, "ABALONE_GATE_POLICY", default.gate_policy),
+            train_timeout_minutes=_number(
+                env, "ABALONE_TRAIN_TIMEOUT_MINUTES", default.train_timeout_minutes, float, "a number"
+            ),
+            evaluate_timeout_minutes=_number(
+                env, "ABALONE_EVALUATE_TIMEOUT_MINUTES", default.evaluate_timeout_minutes, float, "a number"
+            ),
+            stop_grace_seconds=_number(
+                env, "ABALONE_STOP_GRACE_SECONDS", default.stop_grace_seconds, int, "a whole number"
+            ),
+            hardening=_hardening(env),
+            allowed_sources=tuple(
+                item.strip() for item in env.get("ABALONE_ALLOWED_SOURCES", "").split(",") if item.strip()
+            ),
             eval_slices=text("ABALONE_EVAL_SLICES", default.eval_slices),
             bootstrap_resamples=_number(
                 env, "ABALONE_BOOTSTRAP_RESAMPLES", default.bootstrap_resamples, int, "a whole number"
@@ -219,8 +302,64 @@ class Settings:
             raise ConfigError(
                 f"ABALONE_BOOTSTRAP_RESAMPLES must be between 1000 and 100000, got {self.bootstrap_resamples}"
             )
+        for name, minutes in (
+            ("ABALONE_TRAIN_TIMEOUT_MINUTES", self.train_timeout_minutes),
+            ("ABALONE_EVALUATE_TIMEOUT_MINUTES", self.evaluate_timeout_minutes),
+        ):
+            if not 0.25 <= minutes <= 24 * 60:
+                raise ConfigError(f"{name} must be between 0.25 and 1440 (minutes), got {minutes}")
+        if not 0 <= self.stop_grace_seconds <= 60:
+            raise ConfigError(f"ABALONE_STOP_GRACE_SECONDS must be between 0 and 60, got {self.stop_grace_seconds}")
+        hardening = self.hardening
+        for name, size in (
+            ("ABALONE_TRAINER_MEMORY", hardening.memory),
+            ("ABALONE_TRAINER_SHM_SIZE", hardening.shm_size),
+            ("ABALONE_TRAINER_TMP_SIZE", hardening.tmp_size),
+        ):
+            if size is not None and not re.fullmatch(r"\d+[bkmg]?", size):
+                raise ConfigError(f"{name}={size!r}: use a size like 512m or 8g")
+        if hardening.user is not None and not re.fullmatch(r"[\w.-]+(:[\w.-]+)?", hardening.user):
+            raise ConfigError(f"ABALONE_TRAINER_USER={hardening.user!r}: use uid:gid (e.g. 1000:1000) or image")
+        if hardening.pids_limit < 64:
+            raise ConfigError(f"ABALONE_TRAINER_PIDS_LIMIT must be at least 64, got {hardening.pids_limit}")
+        for prefix in self.allowed_sources:
+            if not prefix.startswith(("file:///", "/", "s3://", "https://", "http://")):
+                raise ConfigError(
+                    f"ABALONE_ALLOWED_SOURCES: {prefix!r} is not a directory, s3://bucket/prefix or https://host/path"
+                )
         if not re.fullmatch(SLICES_PATTERN, self.eval_slices):
             raise ConfigError(
                 f"ABALONE_EVAL_SLICES={self.eval_slices!r}: use 'sex', 'rings:<increasing upper edges>', "
                 "both joined by ';' (e.g. sex;rings:7,11), or 'none'"
             )
+
+
+def source_allowed(uri: str, prefixes: tuple[str, ...]) -> bool:
+    """Whether ``uri`` is one of ``prefixes`` or lies under one (decided on the URI alone: nothing is opened).
+
+    Local paths are compared resolved, so neither ``..`` nor a symbolic link leads out of an allowed
+    directory. Object and web URIs are compared by scheme, host and raw path (the key that will be read),
+    on ``/`` boundaries; one with ``.`` or ``..`` segments, a query, a fragment or user info is refused.
+    """
+    if uri in prefixes:  # the configured source, as it was configured (a presigned URL keeps its query)
+        return True
+
+    def parts(text: str) -> tuple[str, str, str]:
+        parsed = urlparse(text)
+        if parsed.scheme in ("", "file"):
+            return "file", "", str(Path(unquote(parsed.path) if parsed.scheme else text).resolve())
+        return parsed.scheme.lower(), parsed.netloc.lower(), parsed.path or "/"
+
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("", "file") and (
+        parsed.query or parsed.fragment or "@" in parsed.netloc or {".", ".."} & set(unquote(parsed.path).split("/"))
+    ):
+        return False
+    scheme, host, path = parts(uri)
+    for prefix in prefixes:
+        allowed_scheme, allowed_host, allowed_path = parts(prefix)
+        if (scheme, host) != (allowed_scheme, allowed_host):
+            continue
+        if path == allowed_path or path.startswith(allowed_path.rstrip("/") + "/"):
+            return True
+    return False

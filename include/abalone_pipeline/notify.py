@@ -1,6 +1,6 @@
 """Failure notifications through Airflow's notifier interface, and the run summary operators see in the UI.
 
-``failure_notifiers`` gives the DAG run and the training task their ``on_failure_callback``: always a
+``failure_notifiers`` gives the DAG run and every task their ``on_failure_callback``: always a
 log-only notifier (one structured ``ABALONE_FAILURE`` line), and with ``ABALONE_SNS_TOPIC_ARN`` the
 Amazon provider's ``SnsNotifier``. The provider's notifier imports boto3, so it is built when a failure
 fires, never when the DAG file is parsed.
@@ -32,8 +32,13 @@ def failure_summary(context: dict[str, Any]) -> dict[str, Any]:
         "run_type": getattr(run_type, "value", run_type),
         "task_id": getattr(ti, "task_id", None),
         "try_number": getattr(ti, "try_number", None),
-        "error": str(error)[:MAX_ERROR_CHARS] if error else None,
+        "error": " ".join(str(error).split())[:MAX_ERROR_CHARS] if error else None,
     }
+
+
+def failure_line(summary: dict[str, Any]) -> str:
+    """The one line a failure is told in, in the log and on SNS alike."""
+    return json.dumps(summary, sort_keys=True)
 
 
 def _subject(summary: dict[str, Any]) -> str:
@@ -59,7 +64,7 @@ class LogFailure(_Configured):
     """The default: one ERROR line, ``ABALONE_FAILURE {json}``, for log-based alerting to match."""
 
     def notify(self, context: dict[str, Any]) -> None:
-        log.error("ABALONE_FAILURE %s", json.dumps(failure_summary(context), sort_keys=True))
+        log.error("ABALONE_FAILURE %s", failure_line(failure_summary(context)))
 
 
 class SnsFailure(_Configured):
@@ -79,7 +84,7 @@ class SnsFailure(_Configured):
             aws_conn_id=self.aws_conn_id,
             target_arn=self.target_arn,
             subject=_subject(summary),
-            message=json.dumps(summary, indent=2, sort_keys=True),
+            message=failure_line(summary),
             region_name=region or None,
         ).notify(context)
 

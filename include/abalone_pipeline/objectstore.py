@@ -108,6 +108,11 @@ class ObjectStore(ABC):
         """Write ``data`` at ``key`` unless an object is already there; return whether it wrote."""
 
     @abstractmethod
+    def replace(self, key: str, data: bytes) -> None:
+        """Write ``data`` at ``key`` whatever is there, atomically: only for small mutable records (fences),
+        never for staged data."""
+
+    @abstractmethod
     def put_file(self, key: str, path: Path, sha256: str) -> Put:
         """Write the file at ``path`` (whose SHA-256 is ``sha256``) to ``key`` unless an object is there.
 
@@ -147,7 +152,8 @@ class LocalStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
-    def put_if_absent(self, key: str, data: bytes) -> bool:
+    def _write_then(self, key: str, data: bytes, publish) -> bool:
+        """Write ``data`` to a temporary file beside ``key``, then ``publish(tmp, path)`` it."""
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
@@ -157,13 +163,23 @@ class LocalStore(ObjectStore):
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
+            return publish(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        def link(tmp: str, path: Path) -> bool:
             try:
                 os.link(tmp, path)  # fails if the target exists: create-only, like S3's If-None-Match
             except FileExistsError:
                 return False
             return True
-        finally:
-            os.unlink(tmp)
+
+        return self._write_then(key, data, link)
+
+    def replace(self, key: str, data: bytes) -> None:
+        self._write_then(key, data, os.replace)
 
     def put_file(self, key: str, path: Path, sha256: str) -> Put:
         target = self._path(key)
@@ -241,6 +257,12 @@ class S3Store(ObjectStore):
             raise _s3_error(exc, "write", self.uri(key)) from exc
         self.verify(key, digest.hex(), len(data), checksum=_b64(digest))
         return True
+
+    def replace(self, key: str, data: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except Exception as exc:
+            raise _s3_error(exc, "write", self.uri(key)) from exc
 
     def put_file(self, key: str, path: Path, sha256: str) -> Put:
         size = path.stat().st_size
@@ -463,10 +485,16 @@ def open_source(
         import requests
 
         try:
-            response = requests.get(uri, stream=True, timeout=timeout)
+            # Redirects are not followed: the allowlist (ABALONE_ALLOWED_SOURCES) vouches for this URL only.
+            response = requests.get(uri, stream=True, timeout=timeout, allow_redirects=False)
         except requests.RequestException as exc:
             raise ObjectStoreError(f"cannot read {uri}: {exc}") from exc
         with response:
+            if response.is_redirect:
+                raise MissingObject(
+                    f"source {uri} redirects (HTTP {response.status_code}) to {response.headers.get('Location')}; "
+                    "redirects are not followed: use the final URL"
+                )
             if response.status_code in PERMANENT_HTTP_STATUSES:
                 raise MissingObject(f"source {uri} answered HTTP {response.status_code} {response.reason}")
             if response.status_code >= 400:

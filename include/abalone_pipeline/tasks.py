@@ -111,8 +111,17 @@ def check_run_options(settings: Settings, params: dict[str, Any]) -> None:
     """Refuse contradictory run options before anything is staged or trained."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from abalone_pipeline.config import source_allowed
+
     if params.get("force_promote") and not str(params.get("force_reason") or "").strip():
         raise AirflowFailException("force_promote needs a force_reason: it is recorded on the promoted version")
+    source = str(params.get("source_uri") or settings.source_uri)
+    if not source_allowed(source, settings.source_prefixes):
+        # The message names the source and the setting, never anything read from it.
+        raise AirflowFailException(
+            f"source {source} is not allowed: sources must lie under one of {', '.join(settings.source_prefixes)} "
+            "(ABALONE_ALLOWED_SOURCES)"
+        )
     policy_for_run(settings, params)
 
 
@@ -270,3 +279,108 @@ def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> di
         raise AirflowFailException(f"cannot roll back: {exc}") from exc
     log.info("%s@%s is v%s (was v%s)", settings.model_name, settings.champion_alias, outcome["to"], outcome["from"])
     return outcome
+
+
+def idempotency_key(dag_id: str, run_id: str) -> str:
+    """What the train task passes as ``--idempotency-key``: one key per DAG run (tag ``abalone.idempotency_key``)."""
+    return f"{dag_id}/{run_id}"
+
+
+def close_fences(settings: Settings, dag_id: str, run_id: str, why: str) -> list[str]:
+    """Close the trainer tasks' fences, so a container of this run left on any host stops at its next check."""
+    from abalone_pipeline import attempts
+    from abalone_pipeline.objectstore import open_store
+
+    store = open_store(settings.object_store_uri, _s3_client_factory(settings))
+    return [
+        attempts.close(store, attempts.fence_key(dag_id, run_id, task_id), why) for task_id in attempts.TRAINER_TASKS
+    ]
+
+
+def close_running_runs(settings: Settings, dag_id: str, run_id: str) -> list[str]:
+    """Mark the MLflow runs of this DAG run still RUNNING (their attempt is gone) as KILLED."""
+    from abalone_pipeline import registry
+
+    client = registry.mlflow_client(settings.tracking_uri)
+    experiment = client.get_experiment_by_name(settings.experiment)
+    if experiment is None:
+        return []
+    key = idempotency_key(dag_id, run_id)
+    closed = []
+    for run in client.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.`abalone.idempotency_key` = '{key}' and attributes.status = 'RUNNING'",
+        max_results=50,
+    ):
+        client.set_terminated(run.info.run_id, status="KILLED")
+        closed.append(run.info.run_id)
+    return closed
+
+
+def remove_run_containers(settings: Settings, dag_id: str, run_id: str) -> list[str]:
+    """Stop and remove this DAG run's trainer containers on this worker's Docker engine."""
+    import docker
+    from abalone_pipeline.operators import container_labels, label_filter, remove_containers
+
+    cli = docker.APIClient(base_url=settings.docker_url, version="auto", timeout=60)
+    try:
+        found = cli.containers(all=True, filters=label_filter(container_labels(dag_id, run_id)))
+        return remove_containers(cli, found, settings.stop_grace_seconds, "its DAG run is over")
+    finally:
+        cli.close()
+
+
+def clean_up_run(settings: Settings, dag_id: str, run_id: str) -> dict[str, Any]:
+    """Leave nothing of a DAG run behind: fences closed, containers removed, no MLflow run RUNNING.
+
+    Every step is tried even when one fails, and each says what it did; a step that failed fails the task
+    (a teardown: the DAG run's state is its work's, not this task's).
+    """
+    from airflow.sdk.exceptions import AirflowException
+
+    steps = {
+        "fences_closed": lambda: close_fences(settings, dag_id, run_id, "the DAG run is over"),
+        "containers_removed": lambda: remove_run_containers(settings, dag_id, run_id),
+        "mlflow_runs_killed": lambda: close_running_runs(settings, dag_id, run_id),
+    }
+    cleaned: dict[str, Any] = {}
+    errors = []
+    for name, step in steps.items():
+        try:
+            cleaned[name] = step()
+        except Exception as exc:
+            log.error("clean-up step %s failed: %s", name, exc)
+            errors.append(f"{name}: {exc}")
+    log.info(
+        "cleaned up %s/%s: %d container(s) removed %s, %d MLflow run(s) left RUNNING marked KILLED %s",
+        dag_id,
+        run_id,
+        len(cleaned.get("containers_removed") or []),
+        cleaned.get("containers_removed") or "",
+        len(cleaned.get("mlflow_runs_killed") or []),
+        cleaned.get("mlflow_runs_killed") or "",
+    )
+    if errors:
+        raise AirflowException("clean-up incomplete: " + "; ".join(errors))
+    return cleaned
+
+
+def clean_up_after_failure(settings: Settings):
+    """A DAG-level ``on_failure_callback`` for when the run ends without its cleanup task (a run timeout):
+    fences closed and RUNNING runs marked KILLED, best-effort (it runs where no Docker engine may be)."""
+
+    def callback(context) -> None:
+        dag_run = context.get("dag_run")
+        if dag_run is None:
+            return
+        dag_id, run_id = dag_run.dag_id, dag_run.run_id
+        for what, step in (
+            ("closing the fences", lambda: close_fences(settings, dag_id, run_id, "the DAG run failed")),
+            ("closing RUNNING MLflow runs", lambda: close_running_runs(settings, dag_id, run_id)),
+        ):
+            try:
+                step()
+            except Exception as exc:
+                log.warning("after the failed run %s, %s failed: %s", run_id, what, exc)
+
+    return callback

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -49,20 +50,27 @@ def test_retraining_dag_shape(dagbag):
     assert dag.timetable.expression == "0 2 * * *"
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
         "stage": ["promote", "train"],
-        "train": ["evaluate", "promote"],
-        "evaluate": ["gate", "promote"],
+        "train": ["clean_up", "evaluate", "promote"],
+        "evaluate": ["clean_up", "gate", "promote"],
         "gate": ["promote"],
-        "promote": [],
+        "promote": ["clean_up"],
+        "clean_up": [],
     }
     train = dag.get_task("train")
     assert train.pool == "gpu" and train.queue == "gpu"
-    assert train.mount_tmp_dir is False and train.auto_remove == "force"
+    assert train.mount_tmp_dir is False
     assert isinstance(train.command, list), "the trainer command must be list-form, never a shell string"
+    # A hung training gives the GPU back: both trainer tasks have a timeout (ABALONE_*_TIMEOUT_MINUTES).
+    assert train.execution_timeout == timedelta(minutes=120)
+    assert dag.get_task("evaluate").execution_timeout == timedelta(minutes=30)
+    # The cleanup is a teardown, on the trainer queue (it reaches the trainers' Docker engine).
+    clean_up = dag.get_task("clean_up")
+    assert clean_up.is_teardown and clean_up.queue == "gpu"
     assert dag.get_task("promote").pool == "mlflow_registry", "promotions are serialised by a one-slot pool"
     (asset,) = dag.get_task("stage").outlets
     assert asset.name == asset.uri == "abalone_staged_dataset", "a URI no provider handles: no boto3 at parse time"
-    # Failures of the run and of the training task reach the notifiers (the log line at least).
-    for callbacks in (dag.on_failure_callback, train.on_failure_callback):
+    # Failures of the run and of every task reach the notifiers (the log line at least).
+    for callbacks in (dag.on_failure_callback, *(task.on_failure_callback for task in dag.tasks)):
         assert "LogFailure" in [type(callback).__name__ for callback in callbacks]
 
 

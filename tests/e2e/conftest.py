@@ -83,50 +83,60 @@ def s3(s3_endpoint):
     )
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory, s3_endpoint) -> Iterator[str]:
-    """``mlflow server`` with a SQLite backend and proxied artifacts in the S3 bucket, as in production."""
-    home = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    env = {
+def mlflow_server_command(home: Path, port: int, artifacts: str) -> list[str]:
+    """``mlflow server`` with a SQLite backend in ``home`` and proxied artifacts at ``artifacts``, as in production."""
+    return [
+        str(BIN / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{home}/mlflow.db",
+        "--artifacts-destination",
+        artifacts,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+
+
+def mlflow_server_env(s3_endpoint: str) -> dict[str, str]:
+    return {
         **os.environ,
         **AWS_ENV,
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
+
+
+def mlflow_healthy(uri: str) -> bool:
+    try:
+        return requests.get(f"{uri}/health", timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory, s3_endpoint) -> Iterator[str]:
+    """``mlflow server`` with a SQLite backend and proxied artifacts in the S3 bucket, as in production."""
+    home = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
     log = (home / "server.log").open("w")
     process = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--backend-store-uri",
-            f"sqlite:///{home}/mlflow.db",
-            "--artifacts-destination",
-            f"s3://{ARTIFACT_BUCKET}/",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-        ],
-        env=env,
+        mlflow_server_command(home, port, f"s3://{ARTIFACT_BUCKET}/"),
+        env=mlflow_server_env(s3_endpoint),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{uri}/health", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
+    while not mlflow_healthy(uri):
         if process.poll() is not None:
             pytest.fail(f"mlflow server exited: {(home / 'server.log').read_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("mlflow server did not answer /health within 120 s")
         time.sleep(1)
-    else:
-        pytest.fail("mlflow server did not answer /health within 120 s")
     yield uri
     process.terminate()
     process.wait(timeout=30)
@@ -174,6 +184,10 @@ def airflow(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Airf
         "ABALONE_EXPERIMENT": "abalone-e2e",
         "ABALONE_MODEL_NAME": "abalone-e2e",
         "ABALONE_TASK_RETRIES": "0",
+        # The tests stage from the bundled data, the bucket, and files they write under pytest's temp dir.
+        "ABALONE_ALLOWED_SOURCES": ",".join(
+            [str(ROOT / "include" / "data"), f"s3://{STAGING_BUCKET}", str(tmp_path_factory.getbasetemp())]
+        ),
     }
     migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, capture_output=True, text=True)
     assert migrate.returncode == 0, migrate.stderr[-3000:]

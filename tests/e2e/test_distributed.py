@@ -1,7 +1,7 @@
 """The production topology with real processes on this machine: PostgreSQL and Redis from Debian, Airflow's
 API server, scheduler and DAG processor with the CeleryExecutor, one Celery worker on the default queue and
-one on the gpu queue, the MLflow server, the S3 server and the Docker engine. Runs are triggered through the
-REST API with a conf, as the UI's form does."""
+two on the gpu queue (standing for two GPU hosts), the MLflow server, the S3 server and the Docker engine.
+Runs are triggered through the REST API with a conf, as the UI's form does."""
 
 from __future__ import annotations
 
@@ -10,15 +10,25 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 import requests
+from mlflow.tracking import MlflowClient
 
 from .conftest import AWS_ENV, BIN, ROOT, STAGING_BUCKET, TRAINER_IMAGE, free_port
+from .invariants import (
+    ContainerSampler,
+    assert_nothing_left,
+    task_instance,
+    task_process,
+    trigger,
+    wait_for_end,
+    wait_until_training,
+)
+from .processes import Processes, start_airflow, wait_for
 
 DAG_ID = "abalone_retraining"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -29,58 +39,9 @@ if not ((PG_BIN / "initdb").exists() and REDIS) and not os.environ.get("CI"):
     pytest.skip("needs Debian's postgresql and redis-server (.ci/run installs them)", allow_module_level=True)
 
 
-class Processes:
-    """Long-running processes, each in its own session; everything started here is stopped here."""
-
-    def __init__(self, logs: Path) -> None:
-        self.logs = logs
-        self.started: list[tuple[str, subprocess.Popen]] = []
-
-    def start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("w")
-        process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT
-        )
-        self.started.append((name, process))
-        return process
-
-    def check(self) -> None:
-        for name, process in self.started:
-            if process.poll() is not None:
-                pytest.fail(f"{name} exited ({process.returncode}): {self.tail(name)}")
-
-    def tail(self, name: str, chars: int = 3000) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
-
-    def stop(self) -> None:
-        for _, process in reversed(self.started):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for _, process in reversed(self.started):
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=30)
-
-
 def as_postgres(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root: run its programs as the postgres user when we are root."""
     return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-def wait_for(what: str, check, processes: Processes, timeout: float = 180, every: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        processes.check()
-        try:
-            result = check()
-            if result:
-                return result
-        except (requests.RequestException, OSError):
-            pass
-        time.sleep(every)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -159,33 +120,28 @@ def cluster(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Iter
             "ABALONE_TRAINER_IMAGE": TRAINER_IMAGE,
             "ABALONE_EXPERIMENT": "abalone-distributed",
             "ABALONE_MODEL_NAME": "abalone-distributed",
-            "ABALONE_TASK_RETRIES": "0",
+            # One retry, soon: a worker killed mid-training is retried on the other GPU worker.
+            "ABALONE_TASK_RETRIES": "1",
+            "ABALONE_RETRY_DELAY_SECONDS": "5",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+            "ABALONE_TRAINER_EPOCH_DELAY_SECONDS": "1",
             # Manual runs only, two at a time: what caps training is then the gpu pool, not the DAG.
             "ABALONE_SCHEDULE": "none",
             "ABALONE_MAX_ACTIVE_RUNS": "2",
         }
+        start_airflow(processes, env, api_port, DAG_ID)
         airflow = str(BIN / "airflow")
-        for command in (
-            ["db", "migrate"],
-            ["pools", "set", "gpu", "1", "Trainer containers on the GPU host"],
-            ["pools", "set", "mlflow_registry", "1", "Promotions and rollbacks, one at a time"],
-        ):
-            done = subprocess.run([airflow, *command], env=env, capture_output=True, text=True, cwd=ROOT)
-            assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        processes.start("api-server", [airflow, "api-server", "--port", str(api_port)], env)
-        processes.start("scheduler", [airflow, "scheduler"], env)
-        processes.start("dag-processor", [airflow, "dag-processor"], env)
-        for queue in ("default", "gpu"):
-            worker_env = {**env, "ABALONE_WORKER_NAME": f"{queue}-worker"}
+        for queue, name in (("default", "default-worker"), ("gpu", "gpu-worker"), ("gpu", "gpu-worker-2")):
+            worker_env = {**env, "ABALONE_WORKER_NAME": name}
             command = [airflow, "celery", "worker", "--queues", queue, "--concurrency", "2"]
-            processes.start(f"{queue}-worker", [*command, "--celery-hostname", f"{queue}-worker@%h"], worker_env)
-        wait_for("the API server", lambda: requests.get(f"{api}/api/v2/version", timeout=5).ok, processes)
-        wait_for(
-            "the DAG to be parsed",
-            lambda: requests.get(f"{api}/api/v2/dags/{DAG_ID}", timeout=5).ok,
-            processes,
-        )
-        yield {"api": api, "processes": processes, "mlflow": mlflow_server}
+            processes.start(name, [*command, "--celery-hostname", f"{name}@%h"], worker_env)
+        yield {
+            "api": api,
+            "processes": processes,
+            "mlflow": mlflow_server,
+            "client": MlflowClient(mlflow_server),
+            "experiment": "abalone-distributed",
+        }
     finally:
         processes.stop()
         shutil.rmtree(pg_data, ignore_errors=True)
@@ -236,8 +192,8 @@ def test_the_runs_succeed_with_their_conf(cluster, two_runs):
 def test_training_runs_on_the_gpu_worker_and_the_rest_on_the_default_worker(cluster, two_runs):
     for run_id in two_runs:
         for task, ti in task_instances(cluster, run_id).items():
-            expected = "gpu" if task in ("train", "evaluate") else "default"
-            assert (ti["queue"], ti["hostname"]) == (expected, f"{expected}-worker"), task
+            expected = "gpu" if task in ("train", "evaluate", "clean_up") else "default"
+            assert ti["queue"] == expected and ti["hostname"].startswith(f"{expected}-worker"), task
 
 
 def when(value: str) -> datetime:
@@ -254,3 +210,22 @@ def test_the_gpu_pool_trains_one_candidate_at_a_time(cluster, two_runs):
     # Both runs were active together (two may be), so it was the pool, not the DAG, that held the second back.
     second_stage = task_instances(cluster, second["dag_run_id"])["stage"]
     assert when(second_stage["end_date"]) < when(first["end_date"]), "the second run was not waiting on the pool"
+
+
+def test_a_worker_killed_while_its_container_trains_is_retried_on_the_other(cluster, two_runs):
+    run_id = "distributed-worker-killed"
+    processes = cluster["processes"]
+    with ContainerSampler(run_id) as sampler:
+        # Longer than the heartbeat timeout and the retry delay: the orphan still trains when the retry starts.
+        trigger(cluster, run_id, {"epochs": 90, "batch_size": 256})
+        wait_until_training(cluster, run_id, 1)
+        ti = task_instance(cluster, run_id, "train")
+        victim, task = ti["hostname"], task_process(ti["id"])
+        processes.kill(victim, signal.SIGKILL)  # the worker and its task supervisor, as a lost host
+        os.kill(task, signal.SIGKILL)  # the task process has its own process group
+        state = wait_for_end(cluster, run_id, timeout=900)
+    train = task_instance(cluster, run_id, "train")
+    assert (train["try_number"], train["state"]) == (2, "success"), train
+    assert train["hostname"] != victim and train["hostname"].startswith("gpu-worker")
+    assert state == "success"
+    assert_nothing_left(cluster, run_id, sampler)

@@ -85,7 +85,8 @@ def web_source():
 
 @pytest.fixture(scope="module")
 def second_run(first_run, airflow, web_source):
-    result = airflow.dags_test(RUN_2, {**FAST, "source_uri": web_source})
+    allowed = f"{airflow.env['ABALONE_ALLOWED_SOURCES']},{web_source.rsplit('/', 1)[0]}/"
+    result = airflow.dags_test(RUN_2, {**FAST, "source_uri": web_source}, ABALONE_ALLOWED_SOURCES=allowed)
     assert_succeeded(result)
     return result
 
@@ -295,6 +296,8 @@ def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
     ("case", "message"),
     [
         ("missing source", "does not exist"),
+        ("disallowed source", "source /etc/passwd is not allowed"),
+        ("gpu without the NVIDIA runtime", "has no NVIDIA runtime"),
         ("wrong column count", "expected 9 columns"),
         ("unreachable MLflow", "Connection refused"),
         ("staged data altered", "changed after staging"),
@@ -311,6 +314,13 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, 
         original = s3.get_object(Bucket=STAGING_BUCKET, Key=key)["Body"].read()
         s3.put_object(Bucket=STAGING_BUCKET, Key=key, Body=original.replace(b"\nM,", b"\nF,", 1))
         restore = (key, original)
+    elif case == "disallowed source":
+        conf["source_uri"] = "/etc/passwd"
+    elif case == "gpu without the NVIDIA runtime":
+        runtimes = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
+        if "nvidia" in runtimes.stdout:
+            pytest.skip("this Docker engine has the NVIDIA runtime")
+        conf["gpu"] = True
     elif case == "missing source":
         conf["source_uri"] = str(tmp_path / "nowhere" / "abalone.data")
     elif case == "wrong column count":
@@ -330,5 +340,9 @@ def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, 
             s3.put_object(Bucket=STAGING_BUCKET, Key=restore[0], Body=restore[1])
     assert result.returncode != 0
     assert message in result.output
+    assert "root:" not in result.output, "a refused source is named, never read"
     assert 'ABALONE_FAILURE {"dag_id": "abalone_retraining"' in result.output, "the run's failure notifier fired"
+    # The failed task's own notification carries the reason, in one line (the same text goes to SNS).
+    failures = [line for line in result.output.splitlines() if "ABALONE_FAILURE {" in line]
+    assert any('"task_id": "' in line and message in line for line in failures), failures
     assert (versions(client), champion(client), len(runs(client))) == before

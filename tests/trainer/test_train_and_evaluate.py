@@ -243,3 +243,105 @@ def test_a_champion_predicting_nan_is_unscorable_and_a_nan_run_is_no_prior(train
     evaluation = run_evaluate(data, result, tracking_uri)
     assert "non-finite values for" in evaluation["champion"]["error"] and evaluation["comparison"] is None
     assert evaluation["prior_runs"]["count"] == 0, "the NaN run must not count, nor make the median NaN"
+
+
+def fence_at(tmp_path, attempt: str | None) -> str:
+    path = tmp_path / "fence.json"
+    path.write_text(json.dumps({"attempt": attempt}))
+    return path.as_uri()
+
+
+def runs_of(tracking_uri: str, key: str) -> list:
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name("abalone-test")
+    return client.search_runs([experiment.experiment_id], filter_string=f"tags.`abalone.idempotency_key` = '{key}'")
+
+
+def test_a_superseded_attempt_stops_at_its_next_epoch_and_never_finishes_its_run(
+    small_manifest_uri, tracking_uri, tmp_path, monkeypatch
+):
+    from abalone_trainer import train as train_module
+    from abalone_trainer.fence import Fence, Superseded
+
+    uri = fence_at(tmp_path, "try1-aaaa")
+    epochs_seen = []
+    original_fit = train_module.fit
+
+    def fit_then_supersede(data, hparams, on_epoch_end=None):
+        def hook(epoch, logs):
+            epochs_seen.append(epoch)
+            if epoch == 1:  # a newer try claims the task while this one trains
+                fence_at(tmp_path, "try2-bbbb")
+            on_epoch_end(epoch, logs)
+
+        return original_fit(data, hparams, on_epoch_end=hook)
+
+    monkeypatch.setattr(train_module, "fit", fit_then_supersede)
+    with pytest.raises(Superseded, match="try1-aaaa was superseded by try2-bbbb"):
+        train_and_log(
+            load_staged(small_manifest_uri),
+            HyperParams(epochs=50, patience=50),
+            experiment="abalone-test",
+            idempotency_key="dag/fenced",
+            tracking_uri=tracking_uri,
+            fence=Fence(uri, "try1-aaaa", interval=0),
+        )
+    assert epochs_seen == [0, 1], "it stopped at the first check after the fence moved"
+    (run,) = runs_of(tracking_uri, "dag/fenced")
+    assert run.info.status == "KILLED", "a superseded attempt never finishes its run"
+    assert run.data.tags["abalone.attempt"] == "try1-aaaa"
+    assert mlflow.active_run() is None
+
+
+def test_a_run_marked_killed_while_training_is_never_finished(small_manifest_uri, tracking_uri, tmp_path, monkeypatch):
+    from abalone_trainer import train as train_module
+    from abalone_trainer.fence import Fence, Superseded
+
+    original_fit = train_module.fit
+
+    def fit_then_kill(data, hparams, on_epoch_end=None):
+        model_and_history = original_fit(data, hparams, on_epoch_end=on_epoch_end)
+        (run,) = runs_of(tracking_uri, "dag/killed")
+        MlflowClient(tracking_uri).set_terminated(run.info.run_id, status="KILLED")  # as a newer attempt does
+        return model_and_history
+
+    monkeypatch.setattr(train_module, "fit", fit_then_kill)
+    with pytest.raises(Superseded, match="marked KILLED"):
+        train_and_log(
+            load_staged(small_manifest_uri),
+            HPARAMS,
+            experiment="abalone-test",
+            idempotency_key="dag/killed",
+            tracking_uri=tracking_uri,
+            fence=Fence(fence_at(tmp_path, "try1-aaaa"), "try1-aaaa"),
+        )
+    assert [run.info.status for run in runs_of(tracking_uri, "dag/killed")] == ["KILLED"]
+    assert mlflow.active_run() is None
+
+
+def test_sigterm_ends_the_run_killed(small_manifest_uri, tracking_uri, monkeypatch):
+    from abalone_trainer import train as train_module
+    from abalone_trainer.signals import Terminated
+
+    def fit_stopped(data, hparams, on_epoch_end=None):
+        raise Terminated("stopped by signal SIGTERM")
+
+    monkeypatch.setattr(train_module, "fit", fit_stopped)
+    with pytest.raises(Terminated):
+        train_and_log(
+            load_staged(small_manifest_uri),
+            HPARAMS,
+            experiment="abalone-test",
+            idempotency_key="dag/terminated",
+            tracking_uri=tracking_uri,
+        )
+    assert [run.info.status for run in runs_of(tracking_uri, "dag/terminated")] == ["KILLED"]
+
+
+def test_a_fence_that_cannot_be_read_is_tolerated_between_epochs_not_at_the_end(tmp_path):
+    from abalone_trainer.fence import Fence, FenceUnreadable
+
+    fence = Fence((tmp_path / "missing.json").as_uri(), "try1-a", interval=0)
+    fence.check()  # a periodic check shrugs it off
+    with pytest.raises(FenceUnreadable):
+        fence.check(required=True)

@@ -85,3 +85,31 @@ def test_schedule_and_concurrency_are_configuration():
     assert (settings.schedule, settings.max_active_runs) == (None, 2)
     assert Settings.from_env({"ABALONE_SCHEDULE": "30 1 * * 1-5"}).schedule == "30 1 * * 1-5"
     assert Settings.from_env({"ABALONE_SCHEDULE": "@daily"}).schedule == "@daily"
+
+
+def test_the_trainer_confinement_and_timeouts_are_settings():
+    settings = Settings.from_env(
+        {
+            "ABALONE_TRAINER_USER": "image",
+            "ABALONE_TRAINER_MEMORY": "none",
+            "ABALONE_TRAINER_CPUS": "3.5",
+            "ABALONE_TRAINER_READ_ONLY": "false",
+            "ABALONE_TRAIN_TIMEOUT_MINUTES": "45",
+            "ABALONE_STOP_GRACE_SECONDS": "2",
+        }
+    )
+    hardening = settings.hardening
+    assert hardening.user is None and hardening.memory is None and not hardening.read_only
+    assert hardening.host_config()["nano_cpus"] == 3_500_000_000
+    assert settings.train_timeout_minutes == 45 and settings.stop_grace_seconds == 2
+    empty = Settings.from_env({"ABALONE_TRAINER_USER": "", "ABALONE_TRAINER_MEMORY": ""}).hardening
+    assert (empty.user, empty.memory) == ("1000:1000", "8g"), "empty (as compose passes unset) means the default"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("ABALONE_TRAIN_TIMEOUT_MINUTES", "0"), ("ABALONE_STOP_GRACE_SECONDS", "600"), ("ABALONE_TRAINER_CPUS", "-1")],
+)
+def test_out_of_range_trainer_settings_are_refused(name, value):
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})

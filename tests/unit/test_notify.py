@@ -10,7 +10,14 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from abalone_pipeline.notify import LogFailure, SnsFailure, failure_notifiers, failure_summary, run_summary
+from abalone_pipeline.notify import (
+    LogFailure,
+    SnsFailure,
+    failure_line,
+    failure_notifiers,
+    failure_summary,
+    run_summary,
+)
 
 CONTEXT = {
     "dag_run": SimpleNamespace(dag_id="abalone_retraining", run_id="scheduled__2026-11-26", run_type="scheduled"),
@@ -93,3 +100,14 @@ def test_the_run_summary_says_what_happened_without_mlflow():
         staged={}, decision={}, outcome={"promoted": False, "verdict": "rejected", "version": None}, mlflow_run_url=None
     )
     assert rejected["promoted_version"] is None and rejected["decision"] == "rejected"
+
+
+def test_a_multi_line_error_is_told_in_one_line_the_same_for_the_log_and_sns(caplog):
+    context = {**CONTEXT, "exception": ValueError("cannot stage: the header\n  has 8 columns\n")}
+    with caplog.at_level(logging.ERROR, logger="abalone_pipeline.notify"):
+        LogFailure().notify(context)
+    (record,) = caplog.records
+    line = record.getMessage()
+    assert "\n" not in line
+    assert line == f"ABALONE_FAILURE {failure_line(failure_summary(context))}"
+    assert failure_summary(context)["error"] == "cannot stage: the header has 8 columns"

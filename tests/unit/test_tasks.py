@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from abalone_pipeline.config import Settings
+from abalone_pipeline.config import BUNDLED_DATA, ConfigError, Settings
 from abalone_pipeline.tasks import check_run_options, judge, policy_for_run, promote_candidate
 
 SETTINGS = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
@@ -78,3 +78,35 @@ def test_staging_fails_at_once_on_what_a_retry_cannot_fix(tmp_path):
     (tmp_path / "src.csv").write_bytes(b"M,0.4\n")
     with pytest.raises(AirflowFailException, match=r"cannot stage: .*line 1: expected 9 columns"):
         stage_dataset(Settings.from_env(store), str(tmp_path / "src.csv"), 0.01)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "/etc/passwd",
+        "file:///etc/shadow",
+        str(BUNDLED_DATA.parent / ".." / ".." / "pyproject.toml"),
+        "s3://someone-elses-bucket/data.csv",
+        "https://example.com/abalone.data",
+    ],
+)
+def test_a_source_outside_the_allowlist_is_refused_before_it_is_opened(source):
+    with pytest.raises(AirflowFailException, match=r"is not allowed: .*\(ABALONE_ALLOWED_SOURCES\)"):
+        check_run_options(SETTINGS, {"source_uri": source})
+
+
+def test_the_allowlist_is_a_setting():
+    settings = Settings.from_env({"ABALONE_ALLOWED_SOURCES": "s3://raw-data/abalone, https://data.example.com/uci/"})
+    check_run_options(settings, {"source_uri": "s3://raw-data/abalone/2026-12-01.csv"})
+    check_run_options(settings, {"source_uri": "https://data.example.com/uci/abalone.data"})
+    check_run_options(settings, {"source_uri": settings.source_uri})  # the configured default is always allowed
+    for refused in ("s3://raw-data/abalone-other/x.csv", "https://data.example.com/other", "/etc/passwd"):
+        with pytest.raises(AirflowFailException, match="is not allowed"):
+            check_run_options(settings, {"source_uri": refused})
+    with pytest.raises(ConfigError, match="ABALONE_ALLOWED_SOURCES"):
+        Settings.from_env({"ABALONE_ALLOWED_SOURCES": "ftp://host/x"})
+
+
+def test_the_bundled_data_is_allowed_by_default():
+    check_run_options(SETTINGS, {"source_uri": BUNDLED_DATA.as_uri()})
+    check_run_options(SETTINGS, {"source_uri": str(BUNDLED_DATA)})

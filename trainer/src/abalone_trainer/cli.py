@@ -2,7 +2,8 @@
 
 The last line a command prints to stdout is ``ABALONE_RESULT <json>``: the small result the DAG
 validates. A failure prints ``ABALONE_ERROR <message>`` and exits non-zero; exit code 3 means the
-input is bad and retrying cannot help.
+input is bad and retrying cannot help, 4 that a newer attempt owns the task (see ``abalone_trainer.fence``),
+143 that the container was stopped (SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from abalone_trainer import signals
 from abalone_trainer.defaults import HyperParams
 from abalone_trainer.stats import SliceSpec
 
@@ -23,6 +25,8 @@ RESULT_MARKER = "ABALONE_RESULT"
 ERROR_MARKER = "ABALONE_ERROR"
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 3
+EXIT_SUPERSEDED = 4
+EXIT_TERMINATED = 128 + 15
 
 log = logging.getLogger("abalone_trainer")
 
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI: http(s)://... or a SageMaker MLflow ARN (default: $MLFLOW_TRACKING_URI)",
     )
     parser.add_argument("--manifest-uri", required=True, help="staging manifest (file://, s3:// or a path)")
+    parser.add_argument("--fence-uri", help="the task's fence (abalone_trainer.fence); none: no fencing")
+    parser.add_argument("--attempt", help="this attempt's id, which the fence must name for it to go on")
+    parser.add_argument("--fence-interval", type=float, default=5.0, help="seconds between periodic fence checks")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a candidate and log it to MLflow")
@@ -117,6 +124,9 @@ def _tags(pairs: Sequence[str]) -> dict[str, str]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from abalone_trainer.data import load_staged
+    from abalone_trainer.fence import Fence
+
+    fence = Fence(args.fence_uri, args.attempt, interval=args.fence_interval)
 
     if args.command == "train":
         from abalone_trainer.train import train_and_log
@@ -137,10 +147,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             idempotency_key=args.idempotency_key,
             tracking_uri=args.tracking_uri,
             tags=_tags(args.tag),
+            fence=fence,
         )
     from abalone_trainer.evaluate import evaluate
 
-    return evaluate(
+    fence.check(required=True)
+    result = evaluate(
         # The baselines are fitted on the training rows; nothing is fitted on the test rows.
         load_staged(args.manifest_uri, splits=("train", "test")),
         candidate_model_uri=args.candidate_model_uri,
@@ -152,6 +164,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.bootstrap_seed,
         tracking_uri=args.tracking_uri,
     )
+    fence.check(required=True)  # a superseded evaluation prints no result
+    return result
 
 
 def quiet_known_noise(tracking_uri: str | None) -> None:
@@ -166,12 +180,26 @@ def quiet_known_noise(tracking_uri: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    signals.install()
     quiet_known_noise(args.tracking_uri)
+    from abalone_trainer.tracking import never_finish_at_exit
+
+    never_finish_at_exit()
     from abalone_trainer.data import DataError
     from abalone_trainer.defaults import InvalidHyperParams
+    from abalone_trainer.fence import Superseded
 
     try:
         result = run(args)
+    except Superseded as exc:
+        signals.ignore()  # a stop now changes nothing: the run is already KILLED
+        log.error("superseded: %s; exiting without finishing anything", exc)
+        print(f"{ERROR_MARKER} superseded: {exc}", flush=True)
+        return EXIT_SUPERSEDED
+    except signals.Terminated as exc:
+        log.error("%s %s", args.command, exc)
+        print(f"{ERROR_MARKER} {args.command} {exc}", flush=True)
+        return EXIT_TERMINATED
     except (DataError, InvalidHyperParams) as exc:
         log.error("bad input: %s", exc)
         print(f"{ERROR_MARKER} bad input: {exc}", flush=True)

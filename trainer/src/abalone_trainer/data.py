@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -25,15 +26,22 @@ class DataError(Exception):
     """Staged data is missing, unreadable or does not match its manifest."""
 
 
+@functools.cache
+def _s3():
+    """One S3 client per process: the fence is read at every epoch."""
+    import boto3  # the DLC has it; only S3 sources need it
+
+    return boto3.client("s3")
+
+
 def read_uri(uri: str) -> bytes:
     """Return the bytes at a ``file://``, ``s3://`` or plain-path URI."""
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        import boto3  # the DLC has it; only S3 sources need it
         from botocore.exceptions import ClientError
 
         try:
-            body = boto3.client("s3").get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
+            body = _s3().get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))["Body"]
             return body.read()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"):

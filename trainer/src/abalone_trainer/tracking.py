@@ -13,13 +13,15 @@ from mlflow.tracking import MlflowClient
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_TAG = "abalone.idempotency_key"
+# The Airflow attempt (try number and a nonce) that made a run; see abalone_trainer.fence.
+ATTEMPT_TAG = "abalone.attempt"
 
 
 def configure(tracking_uri: str | None) -> MlflowClient:
     """Point MLflow at ``tracking_uri`` (an http(s) URL or a SageMaker MLflow ARN) and return a client."""
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
-        raise SystemExit("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
+        raise ValueError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -62,3 +64,30 @@ def close_abandoned_runs(client: MlflowClient, experiment_id: str, key: str) -> 
     ):
         log.warning("marking run %s of an earlier, interrupted attempt as KILLED", run.info.run_id)
         client.set_terminated(run.info.run_id, status="KILLED")
+
+
+def end_active_run(status: str, *, quickly: bool = False) -> None:
+    """End the active run with ``status``; never raises: a run left RUNNING is closed by the DAG run's cleanup.
+
+    ``quickly``: one request with a short timeout, for the seconds between SIGTERM and SIGKILL.
+    """
+    if mlflow.active_run() is None:
+        return
+    if quickly:
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "1"  # per connect and per read
+    try:
+        mlflow.end_run(status)
+        log.info("MLflow run ended %s", status)
+    except Exception as exc:
+        log.warning("cannot end the MLflow run %s (the DAG run's cleanup will): %s", status, exc)
+
+
+def never_finish_at_exit() -> None:
+    """Remove MLflow's exit hook, which ends a run still active at exit as FINISHED: a run this process did
+    not end on purpose (a superseded or killed attempt) must stay as it is, for the cleanup to mark KILLED."""
+    import atexit
+
+    from mlflow.tracking import fluent
+
+    atexit.unregister(fluent._safe_end_run)

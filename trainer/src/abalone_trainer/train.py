@@ -15,7 +15,9 @@ import numpy as np
 from abalone_trainer import tracking
 from abalone_trainer.data import StagedData, to_features, to_labels
 from abalone_trainer.defaults import FEATURES, LABEL, HyperParams
+from abalone_trainer.fence import Fence, Superseded
 from abalone_trainer.model import as_dataset, build_model, predict
+from abalone_trainer.signals import Terminated
 from abalone_trainer.stats import regression_metrics
 
 log = logging.getLogger(__name__)
@@ -126,16 +128,21 @@ def train_and_log(
     idempotency_key: str,
     tracking_uri: str | None = None,
     tags: dict[str, str] | None = None,
+    fence: Fence | None = None,
 ) -> dict[str, Any]:
     """Train one candidate inside an MLflow run and return the small result the DAG validates.
 
     A finished run already made for ``idempotency_key`` is returned as it is, so a retried or re-run
-    task never produces a second candidate for the same DAG run.
+    task never produces a second candidate for the same DAG run. ``fence`` is checked at every epoch and
+    before the model is logged and the run ends: a superseded attempt leaves its run as it is (the newer
+    attempt, or the DAG run's cleanup, marks it KILLED) and never finishes it.
     """
     import mlflow
 
+    fence = fence or Fence(None, None)
     client = tracking.configure(tracking_uri)
     experiment_id = tracking.ensure_experiment(client, experiment)
+    fence.check(required=True)
     previous = tracking.find_finished_run(client, experiment_id, idempotency_key, data.dataset_id)
     if previous is not None:
         log.info("run %s already trained %s; reusing it", previous.info.run_id, idempotency_key)
@@ -148,21 +155,31 @@ def train_and_log(
         "abalone.manifest_uri": data.manifest_uri,
         # Baked into the image at build time (see trainer/Dockerfile); absent when run from a checkout.
         **({"abalone.code_revision": revision} if (revision := os.environ.get("ABALONE_CODE_REVISION")) else {}),
+        **({tracking.ATTEMPT_TAG: fence.attempt} if fence.attempt else {}),
         **(tags or {}),
     }
-    with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
+    # Not `with start_run()`: leaving the block on an exception would end the run FAILED, and a superseded
+    # attempt must not finish a run. (cli.main also removes MLflow's exit hook, which ends runs FINISHED.)
+    run = None
+    try:
+        run = mlflow.start_run(experiment_id=experiment_id, tags=run_tags)
         log.info("MLflow run %s in experiment %s (%s)", run.info.run_id, experiment, experiment_id)
         mlflow.log_params({**hparams.as_params(), "dataset_id": data.dataset_id})
         _log_dataset_inputs(data)
         _log_validation(data)
 
         started = time.monotonic()
+        # Fault-injection tests slow training down with this, to have time to kill it mid-way.
+        epoch_delay = float(os.environ.get("ABALONE_TRAINER_EPOCH_DELAY_SECONDS") or 0)
 
         def log_epoch(epoch: int, logs: dict[str, float]) -> None:
             metrics = {name: float(value) for name, value in logs.items() if np.isfinite(value)}
             mlflow.log_metrics(metrics, step=epoch)
             if epoch % 10 == 0:
                 log.info("epoch %d: loss=%.4f val_rmse=%.4f", epoch, logs["loss"], logs.get("val_rmse", float("nan")))
+            if epoch_delay:
+                time.sleep(epoch_delay)
+            fence.check()
 
         model, history = fit(data, hparams, on_epoch_end=log_epoch)
         epochs_run = len(history["loss"])
@@ -181,9 +198,23 @@ def train_and_log(
         )
         log.info("trained %d epochs (best %d): %s", epochs_run, best_epoch, _format(test_metrics))
 
+        fence.check(required=True)
         model_info = log_model(model, test[list(FEATURES)].head(5).reset_index(drop=True))
         mlflow.set_tag("abalone.model_uri", model_info.model_uri)
-        finished = mlflow.get_run(run.info.run_id)
+        fence.check(required=True)
+        status = client.get_run(run.info.run_id).info.status
+        if status != "RUNNING":  # marked KILLED by a newer attempt or the cleanup: it stays so
+            raise Superseded(f"run {run.info.run_id} was marked {status} while this attempt trained")
+        mlflow.end_run("FINISHED")
+    except (Superseded, Terminated):
+        # Superseded: KILLED, never FINISHED (the newer attempt or the cleanup may have marked it so already);
+        # stopped: inside the stop grace period.
+        tracking.end_active_run("KILLED", quickly=True)
+        raise
+    except BaseException:
+        tracking.end_active_run("FAILED")
+        raise
+    finished = client.get_run(run.info.run_id)
     result = _result_from_run(finished, reused=False, model_uri=model_info.model_uri)
     result["hyperparameters"] = asdict(hparams)
     return result
