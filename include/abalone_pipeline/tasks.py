@@ -352,13 +352,11 @@ def clean_up_run(settings: Settings, dag_id: str, run_id: str) -> dict[str, Any]
             log.error("clean-up step %s failed: %s", name, exc)
             errors.append(f"{name}: {exc}")
     log.info(
-        "cleaned up %s/%s: %d container(s) removed %s, %d MLflow run(s) left RUNNING marked KILLED %s",
+        "cleaned up %s/%s: containers removed: %s; MLflow runs left RUNNING, now KILLED: %s",
         dag_id,
         run_id,
-        len(cleaned.get("containers_removed") or []),
-        cleaned.get("containers_removed") or "",
-        len(cleaned.get("mlflow_runs_killed") or []),
-        cleaned.get("mlflow_runs_killed") or "",
+        ", ".join(cleaned.get("containers_removed") or []) or "none",
+        ", ".join(cleaned.get("mlflow_runs_killed") or []) or "none",
     )
     if errors:
         raise AirflowException("clean-up incomplete: " + "; ".join(errors))
