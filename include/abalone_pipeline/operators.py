@@ -301,20 +301,16 @@ class TrainerContainerOperator(DockerOperator):
         """Make this try the one the trainer may work for; the arguments that tell the trainer so."""
         from abalone_pipeline import attempts
         from abalone_pipeline.objectstore import ObjectStoreError, open_store
+        from abalone_pipeline.tasks import s3_client_factory
 
         attempt = attempts.new_attempt(ti.try_number)
         try:
-            store = open_store(self.fence_store, self._s3_client)
+            store = open_store(self.fence_store, s3_client_factory(self.aws_conn_id))
             uri = attempts.claim(store, attempts.fence_key(ti.dag_id, ti.run_id, ti.task_id), attempt)
         except ObjectStoreError as exc:
             raise AirflowException(f"{self.task_id}: cannot claim the task's fence: {exc}") from exc
         self.log.info("attempt %s claims %s", attempt, uri)
         return ["--fence-uri", uri, "--attempt", attempt]
-
-    def _s3_client(self):
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        return S3Hook(aws_conn_id=self.aws_conn_id).get_conn()
 
     def _pass_aws_identity(self) -> None:
         """Keep long-lived keys out of the container when the host offers another way to AWS.

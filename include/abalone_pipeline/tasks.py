@@ -14,11 +14,13 @@ from abalone_pipeline.notify import run_summary
 log = logging.getLogger(__name__)
 
 
-def _s3_client_factory(settings: Settings):
+def s3_client_factory(aws_conn_id: str | None):
+    """Builds the boto3 S3 client of the Amazon provider's connection ``aws_conn_id``, when a store needs one."""
+
     def factory():
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        return S3Hook(aws_conn_id=settings.aws_conn_id).get_conn()
+        return S3Hook(aws_conn_id=aws_conn_id).get_conn()
 
     return factory
 
@@ -45,7 +47,7 @@ def dataset_drift(settings: Settings, staged: dict[str, Any], previous_uri: str 
         log.info("drift: not computed (%s)", reason)
         return {"against": None, "reason": reason}
     try:
-        previous = json.loads(read_source(previous_uri, _s3_client_factory(settings)))
+        previous = json.loads(read_source(previous_uri, s3_client_factory(settings.aws_conn_id)))
     except Exception as exc:  # advisory: say so and go on
         log.warning("drift: cannot read the previous manifest (%s)", exc)
         return {"against": previous_uri, "reason": f"unreadable: {exc}"}
@@ -68,7 +70,7 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
     from abalone_pipeline.staging import StagingError, stage
     from abalone_pipeline.validation import ValidationPolicy
 
-    factory = _s3_client_factory(settings)
+    factory = s3_client_factory(settings.aws_conn_id)
     policy = ValidationPolicy(max_quarantine_fraction=float(max_quarantine_fraction))
     if settings.staging_dir and not Path(settings.staging_dir).is_dir():
         raise AirflowFailException(f"ABALONE_STAGING_DIR={settings.staging_dir} is not a directory")
@@ -291,7 +293,7 @@ def close_fences(settings: Settings, dag_id: str, run_id: str, why: str) -> list
     from abalone_pipeline import attempts
     from abalone_pipeline.objectstore import open_store
 
-    store = open_store(settings.object_store_uri, _s3_client_factory(settings))
+    store = open_store(settings.object_store_uri, s3_client_factory(settings.aws_conn_id))
     return [
         attempts.close(store, attempts.fence_key(dag_id, run_id, task_id), why) for task_id in attempts.TRAINER_TASKS
     ]
@@ -330,17 +332,18 @@ def remove_run_containers(settings: Settings, dag_id: str, run_id: str) -> list[
         cli.close()
 
 
-def clean_up_run(settings: Settings, dag_id: str, run_id: str) -> dict[str, Any]:
+def clean_up_run(settings: Settings, dag_id: str, run_id: str, *, containers: bool = True) -> dict[str, Any]:
     """Leave nothing of a DAG run behind: fences closed, containers removed, no MLflow run RUNNING.
 
     Every step is tried even when one fails, and each says what it did; a step that failed fails the task
-    (a teardown: the DAG run's state is its work's, not this task's).
+    (a teardown: the DAG run's state is its work's, not this task's). ``containers=False`` where no Docker
+    engine is reachable: a container left anywhere then stops itself at its next fence check.
     """
     from airflow.sdk.exceptions import AirflowException
 
     steps = {
         "fences_closed": lambda: close_fences(settings, dag_id, run_id, "the DAG run is over"),
-        "containers_removed": lambda: remove_run_containers(settings, dag_id, run_id),
+        "containers_removed": lambda: remove_run_containers(settings, dag_id, run_id) if containers else [],
         "mlflow_runs_killed": lambda: close_running_runs(settings, dag_id, run_id),
     }
     cleaned: dict[str, Any] = {}
@@ -364,21 +367,16 @@ def clean_up_run(settings: Settings, dag_id: str, run_id: str) -> dict[str, Any]
 
 
 def clean_up_after_failure(settings: Settings):
-    """A DAG-level ``on_failure_callback`` for when the run ends without its cleanup task (a run timeout):
-    fences closed and RUNNING runs marked KILLED, best-effort (it runs where no Docker engine may be)."""
+    """A DAG-level ``on_failure_callback`` for a run that ends without its ``clean_up`` task (a run timeout):
+    ``clean_up_run`` without the containers (it runs in the DAG processor, where no Docker engine may be)."""
 
     def callback(context) -> None:
         dag_run = context.get("dag_run")
         if dag_run is None:
             return
-        dag_id, run_id = dag_run.dag_id, dag_run.run_id
-        for what, step in (
-            ("closing the fences", lambda: close_fences(settings, dag_id, run_id, "the DAG run failed")),
-            ("closing RUNNING MLflow runs", lambda: close_running_runs(settings, dag_id, run_id)),
-        ):
-            try:
-                step()
-            except Exception as exc:
-                log.warning("after the failed run %s, %s failed: %s", run_id, what, exc)
+        try:
+            clean_up_run(settings, dag_run.dag_id, dag_run.run_id, containers=False)
+        except Exception as exc:  # a callback's failure changes nothing; the log says what was left
+            log.warning("after the failed run %s: %s", dag_run.run_id, exc)
 
     return callback

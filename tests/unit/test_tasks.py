@@ -110,3 +110,30 @@ def test_the_allowlist_is_a_setting():
 def test_the_bundled_data_is_allowed_by_default():
     check_run_options(SETTINGS, {"source_uri": BUNDLED_DATA.as_uri()})
     check_run_options(SETTINGS, {"source_uri": str(BUNDLED_DATA)})
+
+
+def test_after_a_run_fails_without_its_clean_up_the_fences_are_closed_even_with_mlflow_down(
+    tmp_path, caplog, monkeypatch
+):
+    import json
+    from types import SimpleNamespace
+
+    from abalone_pipeline import attempts
+    from abalone_pipeline.objectstore import LocalStore
+    from abalone_pipeline.tasks import clean_up_after_failure
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = Settings.from_env(
+        {
+            "ABALONE_OBJECT_STORE_URI": tmp_path.as_uri(),
+            "ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9",  # nothing listens
+            "ABALONE_DOCKER_URL": "unix:///nonexistent.sock",  # never contacted from the DAG processor
+        }
+    )
+    store = LocalStore(tmp_path)
+    key = attempts.fence_key("abalone_retraining", "scheduled__1", "train")
+    attempts.claim(store, key, "try1-abcd")
+    dag_run = SimpleNamespace(dag_id="abalone_retraining", run_id="scheduled__1")
+    clean_up_after_failure(settings)({"dag_run": dag_run, "reason": "timed_out"})  # never raises
+    assert json.loads(store.get(key))["attempt"] is None, "the orphan's next fence check stops it"
+    assert "mlflow_runs_killed" in caplog.text and "containers_removed" not in caplog.text
