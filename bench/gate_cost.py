@@ -366,7 +366,7 @@ class History:
 
 
 def audit_tags(candidate: dict[str, str], airflow_run_id: str) -> dict[str, str]:
-    """The tags ``tasks.promote_candidate`` hands to ``apply_decision``."""
+    """The tags ``tasks.audit_tags`` gives ``apply_decision``."""
     from abalone_pipeline import registry
 
     return {
@@ -397,7 +397,6 @@ NIGHTLY = (
     "evaluate: evaluate.resolve_champion",
     "evaluate: evaluate.prior_runs, new dataset (falls back to any)",
     "judge: gate.decide",
-    "promote: tasks.mlflow_run_url",
 )
 PROMOTED = "promote: registry.apply_decision, promoted"
 REJECTED = "promote: registry.apply_decision, rejected"
@@ -405,15 +404,13 @@ REJECTED = "promote: registry.apply_decision, rejected"
 
 def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, float]:
     """Median seconds of each step at the current size of history, after one warm-up round."""
-    from abalone_pipeline import registry, tasks
-    from abalone_pipeline.config import Settings
+    from abalone_pipeline import registry
     from abalone_pipeline.gate import GatePolicy, decide
     from abalone_pipeline.gate_report import render
     from abalone_trainer import evaluate, tracking
 
     trainer = tracking.configure(uri)
     client = registry.mlflow_client(uri)
-    settings = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": uri, "ABALONE_MODEL_NAME": MODEL_NAME})
     policy = GatePolicy()
     to_promote, to_reject = history.candidates(repeat + 1), history.candidates(repeat + 1)
     same = history.candidates(1, dataset=history.dataset)[0]  # its dataset is the newest prior runs'
@@ -443,7 +440,8 @@ def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, fl
             tags = audit_tags(candidate, f"manual__gate-cost-{level}-{rep}-{promote}")
             report = render(decision, found, tags)
 
-            def call() -> None:
+            def call() -> None:  # the gate task records the report, the promote task the rest
+                registry.record_report(client, candidate["run_id"], decision, report)
                 outcome = registry.apply_decision(
                     client,
                     model_name=MODEL_NAME,
@@ -452,7 +450,6 @@ def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, fl
                     candidate=candidate,
                     decision=decision,
                     audit_tags=tags,
-                    report_markdown=report,
                 )
                 assert outcome["promoted"] is promote and "already_decided" not in outcome, outcome
 
@@ -482,7 +479,6 @@ def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, fl
         "judge: gate.decide": fixed(lambda: decide(gate_input, policy)),
         PROMOTED: apply(to_promote, 2.0, (-0.2, -0.1), promote=True),
         REJECTED: apply(to_reject, 2.3, (0.05, 0.25), promote=False),
-        "promote: tasks.mlflow_run_url": fixed(lambda: tasks.mlflow_run_url(settings, client, new)),
         "registry.registered_version": fixed(
             lambda: registry.registered_version(client, MODEL_NAME, f"{DAG_ID}/manual__not-registered")
         ),

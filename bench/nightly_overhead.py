@@ -39,7 +39,7 @@ from _mlflow_server import free_port, mlflow_server
 REPOSITORY = Path(__file__).resolve().parents[1]
 BIN = REPOSITORY / ".venv" / "bin"
 TARGET_RATIO = 1.3
-TASKS = ("stage", "train", "evaluate", "gate", "promote")
+TASKS = ("stage", "train", "evaluate", "gate", "promote", "summarize")
 
 
 def embedded_env(local_dir: Path) -> dict[str, str]:
@@ -89,13 +89,13 @@ def dag_run(env: dict[str, str], log: Path) -> dict:
             "select rendered_fields from rendered_task_instance_fields where run_id = ? and task_id = 'train'",
             (run_id,),
         ).fetchone()
-        promoted, staged = (
+        summary, staged = (
             json.loads(
                 db.execute(
                     "select value from xcom where run_id = ? and task_id = ? and key = 'return_value'", (run_id, task)
                 ).fetchone()[0]
             )
-            for task in ("promote", "stage")
+            for task in ("summarize", "stage")
         )
     return {
         "run_id": run_id,
@@ -103,7 +103,7 @@ def dag_run(env: dict[str, str], log: Path) -> dict:
         "dag_run": _seconds(run_start, run_end),
         "tasks": tasks,
         "train_command": json.loads(rendered)["command"],
-        "verdict": promoted["verdict"],  # which path the run took
+        "verdict": summary["outcome"],  # which path the run took
         "staging": sum(staged["seconds"].values()),  # staging's own work, inside the stage task
     }
 

@@ -13,9 +13,12 @@ alias in the MLflow model registry only when the gate passes.
   on the same test rows, overall and per slice, with a paired bootstrap of the RMSE difference.
 * **gate**: a pure, declarative policy over those numbers (ceiling, baselines, improvement over the
   champion with a paired-bootstrap interval, per-slice tolerance, recent runs); every rule is reported.
-* **promote** (one-slot registry pool): log the gate report on the candidate's run; if it passed,
-  register it (once per DAG run) and move `champion`, keeping the old one as `previous_champion`.
-  Its XCom `summary` is the run at a glance (data digest, scores, decision, version, MLflow link).
+  The decision is always recorded on the candidate's MLflow run (report, per-slice chart, the scores),
+  and the gate branches: **promote** runs only for a blessed candidate or a forced run.
+* **promote** (one-slot registry pool): register the candidate (once per DAG run) and move `champion`,
+  keeping the old one as `previous_champion`. Skipped on a rejection or a dry run: the grid shows which.
+* **summarize**: the run at a glance (headline, data digest, scores, outcome, the champion now and the
+  links), as JSON in its XCom and its log.
 
 * **clean_up** (a teardown: it runs whatever happened upstream): closes the trainer tasks' fences, removes
   this run's trainer containers and marks MLflow runs left RUNNING as KILLED, and logs what it found.
@@ -24,7 +27,8 @@ Each try of train and evaluate claims its task's fence first; a container whose 
 current one stops itself. Every failed task, and a failed run, is logged as one `ABALONE_FAILURE` line
 with its reason and, with `ABALONE_SNS_TOPIC_ARN`, published to that SNS topic.
 
-A rejected candidate is an expected outcome: the run succeeds and the decision is on the MLflow run.
+A rejected candidate is an expected outcome: the run succeeds, promote is skipped, and the decision is
+on the MLflow run. train and evaluate link to the MLflow run, gate to its report, promote to the version.
 Settings come from `ABALONE_*` environment variables (see the README); the form below overrides
 hyperparameters, the source and the gate for one run, and offers a dry run and a forced promotion
 (with a recorded reason). `abalone_rollback` moves the champion back.
@@ -39,6 +43,7 @@ from docker.types import Mount
 
 from abalone_pipeline.config import Settings
 from abalone_pipeline.gate import POLICY_SCHEMA
+from abalone_pipeline.links import GateReportLink, ModelVersionLink, run_link, with_links
 from abalone_pipeline.notify import failure_notifiers
 from abalone_pipeline.operators import TrainerContainerOperator
 from abalone_pipeline.results import parse_evaluation, parse_train
@@ -51,6 +56,8 @@ ON_FAILURE = failure_notifiers(settings.sns_topic_arn, settings.aws_conn_id)
 TRAINER_ENV = {
     "MLFLOW_TRACKING_URI": settings.tracking_uri,
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    # Its thread can fail a request of the run (KeyError: '_MLFLOW_TELEMETRY_SESSION_ID') when offline.
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 STORE_MOUNTS = [Mount(target=str(root), source=str(root), type="bind")] if (root := settings.local_store_root) else []
 MANIFEST_URI = "{{ ti.xcom_pull(task_ids='stage')['manifest_uri'] }}"
@@ -196,6 +203,7 @@ def abalone_retraining():
         execution_timeout=timedelta(minutes=settings.train_timeout_minutes),
         timeout_setting="ABALONE_TRAIN_TIMEOUT_MINUTES",
         result_parser=parse_train,
+        mlflow_link=lambda result: run_link(settings, result["run_id"]),
         **container_defaults,
     )
 
@@ -222,37 +230,51 @@ def abalone_retraining():
         execution_timeout=timedelta(minutes=settings.evaluate_timeout_minutes),
         timeout_setting="ABALONE_EVALUATE_TIMEOUT_MINUTES",
         result_parser=parse_evaluation,
+        mlflow_link=lambda result: run_link(settings, result["candidate"]["run_id"]),
         **container_defaults,
     )
 
-    @task(multiple_outputs=False)
-    def gate(evaluation: dict, params: dict | None = None, dag_run=None) -> dict:
-        """Turn the scores into a decision that names every rule; a rejection is not a failure."""
-        from abalone_pipeline.tasks import judge
+    # A branch: the decision is always recorded, and the registry is touched only for a blessed (or
+    # forced) candidate, so the grid shows a promotion as a run whose promote task succeeded.
+    @task.branch
+    def gate(candidate: dict, evaluation: dict, staged: dict, params=None, dag_run=None, ti=None) -> list[str]:
+        """Judge the candidate by the run's policy and record the decision on its MLflow run."""
+        from abalone_pipeline.summary import DRY_RUN, REJECTED
+        from abalone_pipeline.tasks import gate_report_link, judge, record_decision
 
-        return judge(settings, evaluation, params, dag_run)
-
-    @task(
-        multiple_outputs=False,
-        pool=settings.registry_pool,
-        doc_md="Its XCom `summary` is the run at a glance: data digest, scores, decision, version promoted, "
-        "and the link to the candidate's MLflow run (which links back here, tag `airflow.run_url`).",
-    )
-    def promote(
-        candidate: dict, decision: dict, evaluation: dict, staged: dict, params=None, dag_run=None, ti=None
-    ) -> dict:
-        """Log the gate report; register the candidate and move the champion alias if the gate passed."""
-        from abalone_pipeline.tasks import promote_candidate
-
-        return promote_candidate(
+        decision = record_decision(
             settings,
             candidate=candidate,
-            decision=decision,
+            decision=judge(settings, evaluation, params, dag_run),
             evaluation=evaluation,
             staged=staged,
             params=params,
             dag_run=dag_run,
             try_number=ti.try_number,
+        )
+        ti.xcom_push(key="decision", value=decision)
+        GateReportLink.persist({"ti": ti}, gate_report_link(settings, candidate["run_id"], decision["experiment_id"]))
+        return ["summarize"] if decision["outcome"] in (REJECTED, DRY_RUN) else ["promote", "summarize"]
+
+    @task(multiple_outputs=False, pool=settings.registry_pool)
+    def promote(candidate: dict, decision: dict, staged: dict, dag_run=None, ti=None) -> dict:
+        """Register the candidate and move the champion alias to it (the previous one to previous_champion)."""
+        from abalone_pipeline.links import ModelVersionLink, version_link
+        from abalone_pipeline.tasks import promote_candidate
+
+        outcome = promote_candidate(
+            settings, candidate=candidate, decision=decision, staged=staged, dag_run=dag_run, try_number=ti.try_number
+        )
+        ModelVersionLink.persist({"ti": ti}, version_link(settings, outcome["version"]))
+        return outcome
+
+    @task(multiple_outputs=False, trigger_rule="none_failed")
+    def summarize(decision: dict, promoted: dict | None, staged: dict, candidate: dict, dag_run=None) -> dict:
+        """The run at a glance: decision, scores, the champion now, and the links (JSON in XCom and log)."""
+        from abalone_pipeline.tasks import summarize
+
+        return summarize(
+            settings, decision=decision, promoted=promoted, staged=staged, candidate=candidate, dag_run=dag_run
         )
 
     # On the trainer queue: it removes containers from the Docker engine the trainer tasks use.
@@ -265,7 +287,10 @@ def abalone_retraining():
 
     staged = stage()
     staged >> train >> evaluate
-    promoted = promote(train.output, gate(evaluate.output), evaluate.output, staged)
+    judged = with_links(gate(train.output, evaluate.output, staged), GateReportLink())
+    decision = judged["decision"]
+    promoted = with_links(promote(train.output, decision, staged), ModelVersionLink())
+    summarize(decision, promoted, staged, train.output)
     [train, evaluate, promoted] >> clean_up().as_teardown()
 
 

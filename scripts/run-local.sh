@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The embedded default, end to end: a local MLflow server, a local object store, Airflow on SQLite and the
-# trainer image on the local Docker engine. Each call runs abalone_retraining once; a second call judges
-# its candidate against the champion the first one promoted.
+# The embedded default, end to end: a live local Airflow (API server and UI, scheduler, DAG processor, triggerer;
+# LocalExecutor on SQLite), a local MLflow server, a local object store and the trainer image on the local Docker
+# engine. The first call starts them in the background; later calls reuse them. Each call triggers
+# abalone_retraining once through the REST API and follows it; a second call judges its candidate against the
+# champion the first one promoted. The stack stays up (the nightly schedule runs) until make stop.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -31,40 +33,5 @@ make -s -C "$root" venv VENV="$venv"
 say "trainer image"
 PYTHON="$bin/python" "$root/scripts/build-trainer-image.sh"
 
-mkdir -p "$ABALONE_LOCAL_DIR/mlflow"
-[[ "$ABALONE_OBJECT_STORE_URI" != file://* ]] || mkdir -p "${ABALONE_OBJECT_STORE_URI#file://}"
-if ! curl -fsS "$ABALONE_MLFLOW_TRACKING_URI/health" >/dev/null 2>&1; then
-    say "starting the MLflow server on $ABALONE_MLFLOW_TRACKING_URI (log: $ABALONE_LOCAL_DIR/mlflow/server.log)"
-    setsid "$bin/mlflow" server \
-        --backend-store-uri "sqlite:///$ABALONE_LOCAL_DIR/mlflow/mlflow.db" \
-        --artifacts-destination "$ABALONE_LOCAL_DIR/mlflow/artifacts" \
-        --host 127.0.0.1 --port "$ABALONE_MLFLOW_PORT" --workers 1 \
-        >"$ABALONE_LOCAL_DIR/mlflow/server.log" 2>&1 < /dev/null &
-    echo $! >"$ABALONE_LOCAL_DIR/mlflow/server.pid"
-    for _ in $(seq 90); do
-        curl -fsS "$ABALONE_MLFLOW_TRACKING_URI/health" >/dev/null 2>&1 && break
-        sleep 1
-    done
-    curl -fsS "$ABALONE_MLFLOW_TRACKING_URI/health" >/dev/null \
-        || { echo "the MLflow server did not start; see $ABALONE_LOCAL_DIR/mlflow/server.log" >&2; exit 1; }
-fi
-
-say "Airflow metadata database ($AIRFLOW_HOME)"
-"$bin/airflow" db migrate >"$ABALONE_LOCAL_DIR/airflow-db.log" 2>&1 \
-    || { echo "airflow db migrate failed; see $ABALONE_LOCAL_DIR/airflow-db.log" >&2; exit 1; }
-"$bin/airflow" pools set "${ABALONE_TRAIN_POOL:-gpu}" 1 "Trainer containers on the GPU host" >/dev/null
-"$bin/airflow" pools set "${ABALONE_REGISTRY_POOL:-mlflow_registry}" 1 "Promotions and rollbacks, one at a time" >/dev/null
-
-say "running abalone_retraining (airflow dags test; full log: $ABALONE_LOCAL_DIR/last-run.log)"
-set +e
-"$bin/airflow" dags test abalone_retraining 2>&1 | tee "$ABALONE_LOCAL_DIR/last-run.log" \
-    | grep --line-buffered -E "\[abalone_pipeline|abalone_trainer\.|ABALONE_ERROR|Task failed|Marking run" | cut -c1-400
-status=${PIPESTATUS[0]}
-set -e
-
-say "result"
-"$bin/python" -m abalone_pipeline.report || true
-if [[ $status -ne 0 ]]; then
-    echo "The DAG run failed; the full log is $ABALONE_LOCAL_DIR/last-run.log" >&2
-    exit 1
-fi
+say "the local stack: Airflow (api-server, scheduler, dag-processor, triggerer) and MLflow"
+exec "$bin/python" "$root/scripts/local_airflow.py" run

@@ -157,6 +157,10 @@ class Settings:
     sns_topic_arn: str | None = None
     # The Airflow UI, for the link from each MLflow run back to its Airflow run.
     airflow_base_url: str = "http://localhost:8080"
+    # The MLflow UI as a browser reaches it, for links (the tracking URI by default when it is http(s)):
+    # in compose the workers use http://mlflow:5000; with a SageMaker ARN, links go to the SageMaker
+    # AI console unless this is set.
+    mlflow_ui_url: str | None = None
     trainer_image: str = "abalone-trainer:latest"
     gpu: bool = False
     docker_url: str = "unix://var/run/docker.sock"
@@ -186,6 +190,10 @@ class Settings:
     # How the evaluation slices the test rows and how many paired-bootstrap resamples it draws.
     eval_slices: str = "sex;rings:7,11"
     bootstrap_resamples: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.mlflow_ui_url is None and self.tracking_uri.startswith(("http://", "https://")):
+            object.__setattr__(self, "mlflow_ui_url", self.tracking_uri.rstrip("/"))
 
     @property
     def local_store_root(self) -> Path | None:
@@ -228,6 +236,7 @@ class Settings:
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
             sns_topic_arn=env.get("ABALONE_SNS_TOPIC_ARN") or None,
             airflow_base_url=text("ABALONE_AIRFLOW_BASE_URL", default.airflow_base_url).rstrip("/"),
+            mlflow_ui_url=env.get("ABALONE_MLFLOW_UI_URL", "").rstrip("/") or None,
             trainer_image=text("ABALONE_TRAINER_IMAGE", default.trainer_image),
             gpu=_bool(env, "ABALONE_GPU", default.gpu),
             docker_url=text("ABALONE_DOCKER_URL", default.docker_url),
@@ -270,6 +279,8 @@ class Settings:
                 f"ABALONE_MLFLOW_TRACKING_URI={self.tracking_uri!r}: use an http(s):// MLflow server "
                 "or a SageMaker MLflow tracking server ARN (arn:aws:sagemaker:...)"
             )
+        if self.mlflow_ui_url and not self.mlflow_ui_url.startswith(("http://", "https://")):
+            raise ConfigError(f"ABALONE_MLFLOW_UI_URL={self.mlflow_ui_url!r}: use the http(s):// URL a browser opens")
         if self.sns_topic_arn and not self.sns_topic_arn.startswith("arn:aws:sns:"):
             raise ConfigError(f"ABALONE_SNS_TOPIC_ARN={self.sns_topic_arn!r}: use an SNS topic ARN (arn:aws:sns:...)")
         if not self.object_store_uri.startswith(("file://", "s3://")):

@@ -95,24 +95,3 @@ def failure_notifiers(sns_topic_arn: str | None, aws_conn_id: str) -> list[BaseN
     if sns_topic_arn:
         notifiers.append(SnsFailure(target_arn=sns_topic_arn, aws_conn_id=aws_conn_id))
     return notifiers
-
-
-def run_summary(
-    *, staged: dict[str, Any], decision: dict[str, Any], outcome: dict[str, Any], mlflow_run_url: str | None
-) -> dict[str, Any]:
-    """One run at a glance, for the promote task's XCom: data, scores, decision, what serves now."""
-    return {
-        "dataset_id": staged.get("dataset_id"),
-        "source_sha256": staged.get("source_sha256"),
-        "rows": staged.get("rows"),
-        "quarantined_rows": (staged.get("validation") or {}).get("quarantined_rows"),
-        "candidate_test_rmse": decision.get("candidate_rmse"),
-        "champion_version": decision.get("champion_version"),
-        "champion_test_rmse": decision.get("champion_rmse"),
-        "decision": outcome.get("verdict") or decision.get("verdict"),
-        "reasons": decision.get("summary"),
-        "promoted_version": outcome.get("version") if outcome.get("promoted") else None,
-        "champion_now": outcome.get("champion_version"),
-        "dry_run": bool(outcome.get("dry_run")),
-        "mlflow_run": mlflow_run_url,
-    }

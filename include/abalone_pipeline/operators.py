@@ -16,6 +16,7 @@ from docker.errors import DockerException
 from docker.types import DeviceRequest, Mount
 
 from abalone_pipeline.config import Hardening
+from abalone_pipeline.links import MlflowRunLink
 from abalone_pipeline.results import ERROR_MARKER, RESULT_MARKER, extract
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,11 @@ class TrainerContainerOperator(DockerOperator):
     whatever happens: success, failure, timeout, or the task being killed. ``gpu`` (templated) requests
     every GPU of the host. A "bad input" error, a superseded attempt and a configuration error (no NVIDIA
     runtime, no image, no engine) fail the task without retries; any other failure is retried.
+    ``mlflow_link`` turns the result into the URL of its MLflow run: the task's "MLflow run" extra link.
     """
 
     template_fields = (*DockerOperator.template_fields, "gpu")
+    operator_extra_links = (MlflowRunLink(),)
 
     def __init__(
         self,
@@ -172,6 +175,7 @@ class TrainerContainerOperator(DockerOperator):
         fence_store: str | None = None,
         aws_conn_id: str | None = "aws_default",
         timeout_setting: str | None = None,
+        mlflow_link: Callable[[Any], str | None] | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("mount_tmp_dir", False)
@@ -188,6 +192,7 @@ class TrainerContainerOperator(DockerOperator):
         self.fence_store = fence_store
         self.aws_conn_id = aws_conn_id
         self.timeout_setting = timeout_setting
+        self.mlflow_link = mlflow_link
         self._stopped_by_airflow = False
         self._removed: set[str] = set()
 
@@ -238,6 +243,8 @@ class TrainerContainerOperator(DockerOperator):
             raise AirflowFailException(f"{self.task_id}: the trainer's result is invalid: {exc}") from exc
         if isinstance(result, dict):
             result["trainer_image"] = self.image_provenance()
+        if self.mlflow_link:
+            MlflowRunLink.persist(context, self.mlflow_link(result))
         return result
 
     def _run_try(self, ti, context) -> Any:

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from abalone_pipeline.gate import Decision
@@ -29,6 +30,8 @@ TAG_AIRFLOW_RUN = "abalone.airflow_run"
 TAG_FORCED_BY = "abalone.forced_by"
 TAG_FORCE_REASON = "abalone.force_reason"
 TAG_DRY_RUN = "abalone.gate.dry_run"
+# What the run did with its candidate: promoted, forced, rejected or dry_run (summary.OUTCOMES).
+TAG_OUTCOME = "abalone.outcome"
 ROLLBACK_TAG_PREFIX = "abalone.rollback."
 REPORT_JSON = "gate/decision.json"
 REPORT_MARKDOWN = "gate/report.md"
@@ -110,6 +113,14 @@ def record_report(client, run_id: str, decision: Decision, report_markdown: str)
     client.log_text(run_id, report_markdown, REPORT_MARKDOWN)
 
 
+def recorded_decision(client, run_id: str) -> dict[str, Any]:
+    """The decision logged on a candidate's run (``record_report``), as ``Decision.to_dict`` wrote it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(client.download_artifacts(run_id, REPORT_JSON, tmp)).read_text())
+
+
 def apply_decision(
     client,
     *,
@@ -119,9 +130,10 @@ def apply_decision(
     candidate: dict[str, Any],
     decision: Decision,
     audit_tags: dict[str, str],
-    report_markdown: str,
 ) -> dict[str, Any]:
     """Record the decision on the candidate's run; if it passed, register it and move ``alias`` to it.
+
+    The gate's report is already on the run (``record_report``, by the gate task).
 
     A candidate is decided once. The decision tag on its run is written last, so a re-run of a DAG run
     whose promotion finished changes nothing (it will not move the alias back to an older champion),
@@ -134,6 +146,8 @@ def apply_decision(
     recorded = client.get_run(run_id).data.tags
     if TAG_DECISION in recorded:
         log.info("candidate run %s was already %s; not acting on it again", run_id, recorded[TAG_DECISION])
+        if recorded.get(TAG_VERSION):  # a try that died between the run's tags and the version's: finish it
+            _mark_promoted(client, model_name, recorded[TAG_VERSION], recorded[TAG_DECISION])
         return {
             "promoted": recorded[TAG_DECISION] in ("promoted", "forced"),
             "verdict": recorded[TAG_DECISION],
@@ -141,11 +155,14 @@ def apply_decision(
             "champion_version": current_version(client, model_name, alias),
             "already_decided": True,
         }
-    record_report(client, run_id, decision, report_markdown)
     summary = decision.summary()[:MAX_TAG_VALUE]
     if not decision.promote:
-        client.set_tag(run_id, TAG_REASONS, summary)
-        client.set_tag(run_id, TAG_DECISION, decision.verdict)
+        from mlflow.entities import RunTag
+
+        client.log_batch(
+            run_id,
+            tags=[RunTag(TAG_REASONS, summary), RunTag(TAG_OUTCOME, "rejected"), RunTag(TAG_DECISION, "rejected")],
+        )
         log.info("candidate run %s rejected; %s@%s stays at v%s", run_id, model_name, alias, decision.champion_version)
         return {
             "promoted": False,
@@ -199,13 +216,24 @@ def apply_decision(
     # of this task cannot move the alias forward again over a rollback made in between.
     client.log_batch(
         run_id,
-        tags=[RunTag(TAG_VERSION, number), RunTag(TAG_REASONS, summary), RunTag(TAG_DECISION, decision.verdict)],
+        tags=[
+            RunTag(TAG_VERSION, number),
+            RunTag(TAG_REASONS, summary),
+            RunTag(TAG_OUTCOME, decision.verdict),
+            RunTag(TAG_DECISION, decision.verdict),
+        ],
     )
-    # The version counts as promoted (for ``history``) only once the alias has moved to it.
-    if TAG_DECISION not in (version.tags or {}):
-        client.set_model_version_tag(model_name, number, TAG_PROMOTED_AT, now())
-        client.set_model_version_tag(model_name, number, TAG_DECISION, decision.verdict)
+    _mark_promoted(client, model_name, number, decision.verdict, version.tags)
     return {"promoted": True, "verdict": decision.verdict, "version": number, "champion_version": number}
+
+
+def _mark_promoted(client, model_name: str, version: str, verdict: str, tags: dict | None = None) -> None:
+    """The version counts as promoted (for ``history``) only once the alias has moved to it."""
+    if tags is None:
+        tags = client.get_model_version(model_name, version).tags
+    if TAG_DECISION not in (tags or {}):
+        client.set_model_version_tag(model_name, version, TAG_PROMOTED_AT, now())
+        client.set_model_version_tag(model_name, version, TAG_DECISION, verdict)
 
 
 def rollback_tag(key: str) -> str:

@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 
 from abalone_pipeline.config import Settings
-from abalone_pipeline.registry import TAG_DECISION, TAG_REASONS, current_version, mlflow_client
+from abalone_pipeline.links import run_link
+from abalone_pipeline.registry import (
+    TAG_DECISION,
+    TAG_DRY_RUN,
+    TAG_OUTCOME,
+    TAG_REASONS,
+    current_version,
+    mlflow_client,
+)
 
 
 def main() -> int:
@@ -26,7 +34,10 @@ def main() -> int:
         f"Last candidate:  run {run.info.run_id} ({run.info.status}), "
         f"test_rmse {metrics.get('test_rmse', float('nan')):.4f}"
     )
-    print(f"Gate decision:   {tags.get(TAG_DECISION, 'not recorded (the run stopped before the promote task)')}")
+    outcome = tags.get(TAG_OUTCOME) or tags.get(TAG_DECISION)
+    if outcome == "dry_run":
+        outcome = f"dry run (the gate says {tags.get(TAG_DRY_RUN)}; the registry was not touched)"
+    print(f"Gate decision:   {outcome or 'not recorded (the run stopped before the gate)'}")
     if TAG_REASONS in tags:
         print(f"Reasons:         {tags[TAG_REASONS]}")
     champion = current_version(client, settings.model_name, settings.champion_alias)
@@ -38,9 +49,9 @@ def main() -> int:
             f"Champion:        {settings.model_name} v{champion} "
             f"(models:/{settings.model_name}@{settings.champion_alias}, run {version.run_id})"
         )
-    if settings.tracking_uri.startswith("http"):
-        print(f"MLflow UI:       {settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
-        print(f"Registry:        {settings.tracking_uri}/#/models/{settings.model_name}")
+    print(f"MLflow run:      {run_link(settings, run.info.run_id, run.info.experiment_id)}")
+    if settings.mlflow_ui_url:
+        print(f"Registry:        {settings.mlflow_ui_url}/#/models/{settings.model_name}")
     print(f"Staged data:     {tags.get('abalone.manifest_uri', settings.object_store_uri)}")
     return 0
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from abalone_pipeline.config import Settings
 from abalone_pipeline.gate import Decision, GatePolicy, PolicyError, decide
-from abalone_pipeline.notify import run_summary
 
 log = logging.getLogger(__name__)
 
@@ -153,31 +151,14 @@ def judge(settings: Settings, evaluation: dict[str, Any], params: dict[str, Any]
     return decision.to_dict()
 
 
-def promote_candidate(
-    settings: Settings,
-    *,
-    candidate: dict[str, Any],
-    decision: dict[str, Any],
-    evaluation: dict[str, Any],
-    staged: dict[str, Any],
-    params: dict[str, Any],
-    dag_run,
-    try_number: int,
-) -> dict[str, Any]:
-    """Record the decision and its report in MLflow and, if it passed, make the candidate the champion."""
-    from airflow.sdk.exceptions import AirflowFailException
-
+def audit_tags(
+    staged: dict[str, Any], candidate: dict[str, Any], dag_run, try_number: int, run_url: str
+) -> dict[str, str]:
+    """Where a promoted version comes from: the data, the Airflow run, the image and the code."""
     from abalone_pipeline import registry
-    from abalone_pipeline.gate_report import render
 
-    if candidate["dataset_id"] != staged["dataset_id"]:
-        raise AirflowFailException(
-            f"candidate run {candidate['run_id']} was trained on dataset {candidate['dataset_id']}, "
-            f"but this run staged {staged['dataset_id']}; not promoting it"
-        )
-    gate_decision = Decision.from_dict(decision)
     image = candidate.get("trainer_image") or {}
-    audit_tags = {
+    return {
         registry.TAG_AIRFLOW_RUN: f"{dag_run.dag_id}/{dag_run.run_id}",
         "airflow.dag_id": dag_run.dag_id,
         "airflow.run_id": dag_run.run_id,
@@ -193,30 +174,129 @@ def promote_candidate(
         "abalone.trainer_image_digest": image.get("digest") or "none (built locally, never pushed)",
         "abalone.code_revision": image.get("revision") or candidate.get("code_revision") or "unknown",
         "mlflow.run_id": candidate["run_id"],
-        "airflow.run_url": airflow_run_url(settings, dag_run),
+        "airflow.run_url": run_url,
     }
-    context = {key: value for key, value in audit_tags.items() if key.startswith(("airflow.", "abalone."))}
-    report = render(gate_decision, evaluation, context)
+
+
+def gate_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    """The night's numbers beside the candidate's own ``test_rmse``, for trends across runs."""
+    metrics = {f"gate.baseline_{name}_rmse": scores["test_rmse"] for name, scores in evaluation["baselines"].items()}
+    if evaluation.get("champion"):
+        metrics["gate.champion_rmse"] = evaluation["champion"]["metrics"]["test_rmse"]
+    return {name: float(value) for name, value in metrics.items() if value is not None}
+
+
+def record_decision(
+    settings: Settings,
+    *,
+    candidate: dict[str, Any],
+    decision: dict[str, Any],
+    evaluation: dict[str, Any],
+    staged: dict[str, Any],
+    params: dict[str, Any],
+    dag_run,
+    try_number: int,
+) -> dict[str, Any]:
+    """Record the gate's decision on the candidate's run, whatever it is; return it with the run's outcome.
+
+    On the run: the report (Markdown and JSON) and its per-slice chart, the champion's and the baselines'
+    scores as metrics, the way back to the Airflow run (a tag and, clickable, the run's description), and
+    for a rejection or a dry run the outcome itself. A promotion's outcome is written by ``promote`` once
+    the alias has moved. A candidate already decided (a cleared and re-run DAG run) keeps its decision.
+    """
+    from abalone_pipeline import links, registry
+    from abalone_pipeline.gate_report import render
+    from abalone_pipeline.summary import DRY_RUN, REJECTED, outcome_of
+
+    run_id = candidate["run_id"]
     client = registry.mlflow_client(settings.tracking_uri)
+    run = client.get_run(run_id)
+    recorded = run.data.tags.get(registry.TAG_DECISION)
+    if recorded:
+        # Judged again, it would be compared with itself if it is the champion now: the night's decision is
+        # the one on record, and its report says why.
+        log.info("candidate run %s was already decided (%s); keeping that decision", run_id, recorded)
+        try:
+            stored = registry.recorded_decision(client, run_id)
+        except Exception as exc:  # an older run without its JSON: tonight's judgement stands in for it
+            log.warning("cannot read the recorded decision of run %s (%s); using tonight's", run_id, exc)
+            stored = decision
+        return {**stored, "outcome": recorded, "experiment_id": run.info.experiment_id, "already_decided": True}
+    outcome = outcome_of(decision, dry_run=bool(params.get("dry_run")))
+    gate_decision = Decision.from_dict(decision)
+    run_url = links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id)
+    tags = audit_tags(staged, candidate, dag_run, try_number, run_url)
+    context = {key: value for key, value in tags.items() if key.startswith(("airflow.", "abalone."))}
+    registry.record_report(client, run_id, gate_decision, render(gate_decision, evaluation, context))
+    log_chart(client, run_id, evaluation, decision)
     if staged.get("drift"):
-        client.log_dict(candidate["run_id"], staged["drift"], "data/drift.json")
-    client.set_tag(candidate["run_id"], "airflow.run_url", audit_tags["airflow.run_url"])  # the way back
+        client.log_dict(run_id, staged["drift"], "data/drift.json")
+    from mlflow.entities import Metric, RunTag
 
-    def with_summary(outcome: dict[str, Any]) -> dict[str, Any]:
-        summary = run_summary(
-            staged=staged,
-            decision=decision,
-            outcome=outcome,
-            mlflow_run_url=mlflow_run_url(settings, client, candidate),
+    now_ms = int(run.info.end_time or run.info.start_time or 0)
+    metrics = [Metric(name, value, now_ms, 0) for name, value in gate_metrics(evaluation).items()]
+    run_tags = [
+        RunTag("airflow.run_url", run_url),
+        RunTag("mlflow.note.content", f"Trained by Airflow run [{dag_run.dag_id} / {dag_run.run_id}]({run_url})."),
+        RunTag(registry.TAG_REASONS, gate_decision.summary()[: registry.MAX_TAG_VALUE]),
+    ]
+    if outcome == DRY_RUN:
+        run_tags += [RunTag(registry.TAG_DRY_RUN, gate_decision.verdict), RunTag(registry.TAG_OUTCOME, DRY_RUN)]
+    client.log_batch(run_id, metrics=metrics, tags=run_tags)
+    if outcome == DRY_RUN:
+        log.info("DRY RUN: the gate says %s; the registry is not touched", gate_decision.verdict.upper())
+    elif outcome == REJECTED:  # recorded as decided, the registry untouched
+        registry.apply_decision(
+            client,
+            model_name=settings.model_name,
+            alias=settings.champion_alias,
+            previous_alias=settings.previous_alias,
+            candidate=candidate,
+            decision=gate_decision,
+            audit_tags=tags,
         )
-        log.info("run summary: %s", summary)
-        return {**outcome, "summary": summary}
+    return {**decision, "outcome": outcome, "experiment_id": run.info.experiment_id}
 
-    if params.get("dry_run"):
-        registry.record_report(client, candidate["run_id"], gate_decision, report)
-        client.set_tag(candidate["run_id"], registry.TAG_DRY_RUN, gate_decision.verdict)
-        log.info("DRY RUN: the gate says %s; the registry was not touched", gate_decision.verdict.upper())
-        return with_summary({"promoted": False, "verdict": gate_decision.verdict, "dry_run": True, "version": None})
+
+def log_chart(client, run_id: str, evaluation: dict[str, Any], decision: dict[str, Any]) -> None:
+    """The candidate-vs-champion chart per slice, beside the report; a chart never fails the gate."""
+    try:
+        from abalone_pipeline.charts import slice_chart
+
+        png = slice_chart(evaluation, decision)
+    except Exception as exc:  # the report says it all in words
+        log.warning("no gate chart: %s", exc)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "slices.png"
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path), "gate")
+
+
+def promote_candidate(
+    settings: Settings,
+    *,
+    candidate: dict[str, Any],
+    decision: dict[str, Any],
+    staged: dict[str, Any],
+    dag_run,
+    try_number: int,
+) -> dict[str, Any]:
+    """Register the candidate the gate passed (or the run forced) and move the champion alias to it."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from abalone_pipeline import links, registry
+
+    if candidate["dataset_id"] != staged["dataset_id"]:
+        raise AirflowFailException(
+            f"candidate run {candidate['run_id']} was trained on dataset {candidate['dataset_id']}, "
+            f"but this run staged {staged['dataset_id']}; not promoting it"
+        )
+    gate_decision = Decision.from_dict(decision)
+    run_url = links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id)
+    client = registry.mlflow_client(settings.tracking_uri)
     try:
         outcome = registry.apply_decision(
             client,
@@ -225,38 +305,60 @@ def promote_candidate(
             previous_alias=settings.previous_alias,
             candidate=candidate,
             decision=gate_decision,
-            audit_tags=audit_tags,
-            report_markdown=report,
+            audit_tags=audit_tags(staged, candidate, dag_run, try_number, run_url),
         )
     except registry.PromotionConflict as exc:
         # Retrying cannot help: the comparison itself is stale.
         raise AirflowFailException(str(exc)) from exc
-    champion = outcome["champion_version"]
     log.info(
-        "%s; %s@%s is v%s",
-        outcome["verdict"].upper(),
-        settings.model_name,
-        settings.champion_alias,
-        champion if champion is not None else " (none yet)",
+        "%s; %s@%s is v%s", outcome["verdict"].upper(), settings.model_name, settings.champion_alias, outcome["version"]
     )
-    return with_summary(outcome)
+    return outcome
 
 
-def airflow_run_url(settings: Settings, dag_run) -> str:
-    """The run's page in the Airflow UI."""
-    return f"{settings.airflow_base_url}/dags/{quote(dag_run.dag_id, safe='')}/runs/{quote(dag_run.run_id, safe='')}"
+def summarize(
+    settings: Settings,
+    *,
+    decision: dict[str, Any],
+    promoted: dict[str, Any] | None,
+    staged: dict[str, Any],
+    candidate: dict[str, Any],
+    dag_run,
+) -> dict[str, Any]:
+    """The run at a glance, with the champion as the registry has it now; logged as JSON, links alone."""
+    from abalone_pipeline import links, registry
+    from abalone_pipeline.summary import log_lines, run_summary
 
-
-def mlflow_run_url(settings: Settings, client, candidate: dict[str, Any]) -> str | None:
-    """The candidate's page in the MLflow UI; None for SageMaker (its UI is reached through the console)."""
-    if not settings.tracking_uri.startswith(("http://", "https://")):
-        return None
+    client = registry.mlflow_client(settings.tracking_uri)
     try:
-        experiment = client.get_run(candidate["run_id"]).info.experiment_id
-    except Exception as exc:  # a link is a convenience: never fail the promotion over it
-        log.warning("cannot look up the candidate's experiment for its link: %s", exc)
-        return None
-    return f"{settings.tracking_uri.rstrip('/')}/#/experiments/{experiment}/runs/{candidate['run_id']}"
+        champion_now = registry.current_version(client, settings.model_name, settings.champion_alias)
+    except Exception as exc:  # the night's work is done; a summary without the champion is still one
+        log.warning("cannot read %s@%s for the summary: %s", settings.model_name, settings.champion_alias, exc)
+        champion_now = None
+    version = (promoted or {}).get("version")
+    summary = run_summary(
+        staged=staged,
+        decision=decision,
+        outcome=decision["outcome"] if promoted is None else promoted["verdict"],
+        promoted_version=version,
+        champion_now=champion_now,
+        links={
+            "airflow_run": links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id),
+            "mlflow_run": links.run_link(settings, candidate["run_id"], decision.get("experiment_id")),
+            "gate_report": gate_report_link(settings, candidate["run_id"], decision.get("experiment_id")),
+            "promoted_version": links.version_link(settings, version),
+            "champion": links.version_link(settings, champion_now),
+        },
+    )
+    for line in log_lines(summary):
+        log.info("%s", line)
+    return summary
+
+
+def gate_report_link(settings: Settings, run_id: str, experiment_id: str | None) -> str | None:
+    from abalone_pipeline import links, registry
+
+    return links.run_link(settings, run_id, experiment_id, f"artifacts/{registry.REPORT_MARKDOWN}")
 
 
 def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> dict[str, Any]:

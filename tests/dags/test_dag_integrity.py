@@ -49,13 +49,18 @@ def test_retraining_dag_shape(dagbag):
     dag = dagbag.dags["abalone_retraining"]
     assert dag.timetable.expression == "0 2 * * *"
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        "stage": ["promote", "train"],
-        "train": ["clean_up", "evaluate", "promote"],
-        "evaluate": ["clean_up", "gate", "promote"],
-        "gate": ["promote"],
-        "promote": ["clean_up"],
+        "stage": ["gate", "promote", "summarize", "train"],
+        "train": ["clean_up", "evaluate", "gate", "promote", "summarize"],
+        "evaluate": ["clean_up", "gate"],
+        "gate": ["promote", "summarize"],
+        "promote": ["clean_up", "summarize"],
+        "summarize": [],
         "clean_up": [],
     }
+    # Push only when blessed: the gate branches, so a rejection or a dry run skips promote, and the
+    # summary runs either way.
+    assert dag.get_task("gate").task_type == "_BranchPythonDecoratedOperator"
+    assert dag.get_task("summarize").trigger_rule == "none_failed"
     train = dag.get_task("train")
     assert train.pool == "gpu" and train.queue == "gpu"
     assert train.mount_tmp_dir is False
@@ -72,6 +77,25 @@ def test_retraining_dag_shape(dagbag):
     # Failures of the run and of every task reach the notifiers (the log line at least).
     for callbacks in (dag.on_failure_callback, *(task.on_failure_callback for task in dag.tasks)):
         assert "LogFailure" in [type(callback).__name__ for callback in callbacks]
+
+
+def test_the_tasks_people_open_have_extra_links_that_survive_serialisation(dagbag):
+    from airflow.serialization.serialized_objects import OperatorSerialization
+
+    dag = dagbag.dags["abalone_retraining"]
+    links = {
+        task.task_id: sorted(OperatorSerialization.serialize_operator(task).get("_operator_extra_links", {}))
+        for task in dag.tasks
+    }
+    assert links == {
+        "stage": [],
+        "train": ["MLflow run"],
+        "evaluate": ["MLflow run"],
+        "gate": ["Gate report"],
+        "promote": ["Model version"],
+        "summarize": [],
+        "clean_up": [],
+    }
 
 
 def test_rollback_dag_is_manual_and_serialised(dagbag):

@@ -158,6 +158,7 @@ def stack(tmp_path_factory, docker_engine) -> Iterator[Stack]:
         **dict(zip(PORTS, distinct_free_ports(len(PORTS)), strict=True)),
     }
     env["ABALONE_AIRFLOW_BASE_URL"] = f"http://localhost:{env['AIRFLOW_PORT']}"
+    env["ABALONE_MLFLOW_UI_URL"] = f"http://localhost:{env['MLFLOW_PORT']}"
     env = write_env(work / ".env", env)
     # The GPU host's .env: the control plane's settings, its address, and only the base file.
     remote_env = {**env, "COMPOSE_FILE": "docker-compose.yaml", "ABALONE_CONTROL_PLANE": "127.0.0.1"}
@@ -226,8 +227,8 @@ class Api:
     def states(self, run_id: str) -> dict[str, str]:
         return {task: ti["state"] for task, ti in self.task_instances(run_id).items()}
 
-    def xcom(self, run_id: str, task_id: str):
-        value = self("GET", f"/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/return_value")["value"]
+    def xcom(self, run_id: str, task_id: str, key: str = "return_value"):
+        value = self("GET", f"/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}")["value"]
         return json.loads(value) if isinstance(value, str) else value
 
 
@@ -376,13 +377,32 @@ def test_the_first_run_promotes_a_champion_and_the_second_is_judged_against_it(s
     assert champion.version == "1"
     assert champion.run_id == api.xcom(runs["first"], "train")["run_id"]
     assert api.xcom(runs["first"], "promote")["promoted"] is True
-    second = api.xcom(runs["second"], "gate")
+    first = api.xcom(runs["first"], "summarize")
+    assert (first["outcome"], first["promoted_version"], first["champion_now"]) == ("promoted", "1", "1")
+    # The links a browser opens: the published MLflow port and the Airflow UI, not the services' names.
+    assert first["links"]["mlflow_run"].startswith(stack.env["ABALONE_MLFLOW_UI_URL"] + "/#/"), first["links"]
+    assert first["links"]["airflow_run"].startswith(stack.env["ABALONE_AIRFLOW_BASE_URL"] + "/dags/"), first["links"]
+    second = api.xcom(runs["second"], "gate", "decision")
     rules = {check["rule"] for check in second["checks"]}
     # Scored beside the champion: no "champion_scorable" failure, and the comparison rules were applied.
     assert second["champion_version"] == "1" and "champion_scorable" not in rules, second["summary"]
     assert {"improvement", "significance"} <= rules, second["summary"]
     # Same rows, same settings, the same CPU trainer: the second model ties the champion, which stays.
-    assert (second["verdict"], api.xcom(runs["second"], "promote")["promoted"]) == ("rejected", False)
+    assert second["outcome"] == api.xcom(runs["second"], "summarize")["outcome"] == "rejected"
+    assert api.states(runs["second"])["promote"] == "skipped", "a rejection does not touch the registry"
+    # The model page, served by the stack's API server (FAB auth) from the stack's MLflow.
+    for _ in range(30):  # its first read loads the MLflow client, which may outlast the page's 5 s deadline
+        page = api.session.get(f"{api.base}/abalone/api/summary", timeout=60)
+        if page.status_code != 503:
+            break
+        time.sleep(2)
+    assert page.ok, page.text[:500]
+    assert page.json()["champion"]["version"] == "1"
+    assert [row["outcome"] for row in page.json()["decisions"] if row.get("outcome") != "rollback"][:2] == [
+        "rejected",
+        "promoted",
+    ]
+    assert requests.get(f"{api.base}/abalone/api/summary", timeout=30).status_code == 401, "no anonymous access"
     assert client.get_model_version_by_alias(MODEL_NAME, "champion").version == "1"
 
 

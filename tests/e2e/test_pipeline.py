@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -52,6 +53,21 @@ def previous_champion(client) -> str | None:
 
 def artifact(client, run_id: str, path: str) -> str:
     return Path(client.download_artifacts(run_id, path)).read_text()
+
+
+def summary_of(output: str) -> dict:
+    """The summarize task's JSON, as its log shows it."""
+    start = output.index("run summary: {") + len("run summary: ")
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
+def task_state(airflow, run_id: str, task_id: str) -> str:
+    with sqlite3.connect(Path(airflow.env["AIRFLOW_HOME"]) / "airflow.db") as connection:
+        (state,) = connection.execute(
+            "select state from task_instance where dag_id = 'abalone_retraining' and run_id = ? and task_id = ?",
+            (f"manual__{run_id}", task_id),
+        ).fetchone()
+    return state
 
 
 def runs(client, experiment="abalone-e2e"):
@@ -105,7 +121,7 @@ def test_staged_objects_match_their_manifest(first_run, s3):
         assert hashlib.sha256(body).hexdigest() == entry["sha256"]
 
 
-def test_the_mlflow_run_records_everything(first_run, client, s3):
+def test_the_mlflow_run_records_everything(first_run, client, s3, mlflow_server):
     (run,) = runs(client)
     assert run.info.status == "FINISHED"
     assert run.data.params["epochs"] == "40" and run.data.params["batch_size"] == "64"
@@ -120,8 +136,19 @@ def test_the_mlflow_run_records_everything(first_run, client, s3):
         run.data.tags["airflow.run_url"]
         == f"http://localhost:8080/dags/abalone_retraining/runs/manual__{quote(RUN_1, safe='')}"
     )
-    # The run summary is in the promote task's XCom, and in its log.
-    assert "run summary: {'dataset_id': '" + run.data.tags["abalone.dataset_id"] in first_run.output
+    # ... clickable in MLflow's UI: the run's description links to it.
+    assert run.data.tags["mlflow.note.content"].endswith(f"]({run.data.tags['airflow.run_url']}).")
+    # The night at a glance: JSON in the summarize task's log, the links alone on their lines.
+    summary = summary_of(first_run.output)
+    assert (summary["outcome"], summary["promoted_version"], summary["champion_now"]) == ("promoted", "1", "1")
+    assert summary["dataset_id"] == run.data.tags["abalone.dataset_id"]
+    assert summary["headline"].startswith("promoted v1: test RMSE ")
+    # A link alone: nothing glued to it that a terminal would open with it.
+    page = f"{mlflow_server}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    assert re.search(rf"mlflow_run: {re.escape(page)}\s", first_run.output)
+    # The numbers the model page draws its trend from.
+    assert {"gate.baseline_mean_rmse", "gate.baseline_linear_rmse"} <= set(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "gate")} >= {"gate/report.md", "gate/slices.png"}
     # The bundled data's two rows with Height 0 are quarantined next to the staged splits, and counted.
     assert run.data.metrics["data_quarantined_rows"] == 2 == run.data.metrics["data_quarantined.Height.greater_than"]
     assert run.data.metrics["data_valid_rows"] == 4175
@@ -182,9 +209,14 @@ def worse_run(second_run, airflow):
     return result
 
 
-def test_a_worse_candidate_is_rejected_and_the_champion_stays(worse_run, client):
+def test_a_worse_candidate_is_rejected_and_the_champion_stays(worse_run, client, airflow):
     worse = runs(client)[-1]
-    assert worse.data.tags["abalone.gate.decision"] == "rejected"
+    assert worse.data.tags["abalone.gate.decision"] == worse.data.tags["abalone.outcome"] == "rejected"
+    # Push only when blessed: the registry task is skipped, so the grid tells this night from a promotion.
+    assert task_state(airflow, RUN_3, "promote") == "skipped"
+    summary = summary_of(worse_run.output)
+    assert summary["outcome"] == "rejected" and summary["champion_now"] == "1" and summary["promoted_version"] is None
+    assert summary["headline"].startswith("rejected: failed ") and "improvement" in summary["headline"]
     decision = json.loads(artifact(client, worse.info.run_id, "gate/decision.json"))
     failed = [check["rule"] for check in decision["checks"] if not check["passed"]]
     assert "improvement" in failed, decision["summary"]
@@ -199,10 +231,15 @@ def dry_run(worse_run, airflow):
     return result
 
 
-def test_a_dry_run_evaluates_and_gates_but_never_touches_the_registry(dry_run, client):
+def test_a_dry_run_evaluates_and_gates_but_never_touches_the_registry(dry_run, client, airflow):
     candidate = runs(client)[-1]
     assert candidate.data.tags["abalone.gate.dry_run"] == "forced"
+    assert candidate.data.tags["abalone.outcome"] == "dry_run"
     assert "abalone.gate.decision" not in candidate.data.tags
+    assert task_state(airflow, RUN_4, "promote") == "skipped"
+    summary = summary_of(dry_run.output)
+    # What it would do, and the champion as it really is.
+    assert summary["headline"].startswith("dry run: would promote") and summary["champion_now"] == "1"
     assert artifact(client, candidate.info.run_id, "gate/report.md").startswith("# Gate decision: FORCED")
     assert versions(client) == ["1"] and champion(client) == "1"
     assert "DRY RUN" in dry_run.output
@@ -219,6 +256,7 @@ def forced_run(dry_run, airflow):
 
 def test_a_forced_promotion_is_recorded_with_its_reason(forced_run, client):
     assert versions(client) == ["1", "2"] and champion(client) == "2" and previous_champion(client) == "1"
+    assert summary_of(forced_run.output)["headline"].startswith("forced v2 by ")
     tags = client.get_model_version(MODEL, "2").tags
     assert tags["abalone.gate.decision"] == "forced"
     assert tags["abalone.force_reason"] == "e2e: exercising the forced path"
@@ -286,7 +324,11 @@ def test_each_stage_updates_the_staged_dataset_asset(second_run, airflow, client
 
 def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
     before_versions, before_runs, before_champion = versions(client), len(runs(client)), champion(client)
-    assert_succeeded(airflow.dags_test(RUN_1, FAST))
+    result = airflow.dags_test(RUN_1, FAST)
+    assert_succeeded(result)
+    # The night's own decision, not the candidate judged again against itself (it may be the champion now).
+    summary = summary_of(result.output)
+    assert summary["headline"].startswith("promoted v1: ") and summary["gate_verdict"] == "promoted", summary
     assert versions(client) == before_versions
     assert len(runs(client)) == before_runs
     assert champion(client) == before_champion

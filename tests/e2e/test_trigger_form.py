@@ -16,7 +16,7 @@ import pytest
 
 from abalone_pipeline.config import PROJECT_ROOT
 
-from .conftest import free_port
+from .conftest import chromium, free_port
 
 DAG_ID = "abalone_retraining"
 CHROMIUM = shutil.which("chromium")
@@ -76,24 +76,7 @@ def api_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
-        "--window-size=1400,1800",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = chromium(tmp_path_factory.mktemp("chromium"), 1400, 1800)
     driver.implicitly_wait(10)
     yield driver
     driver.quit()

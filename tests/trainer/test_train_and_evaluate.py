@@ -51,6 +51,8 @@ def test_the_run_holds_params_metrics_lineage_and_model(trained, tracking_uri):
     predictions = model.predict(data.frames["test"][list(FEATURES)].head(3))
     assert len(predictions) == 3
     assert model.metadata.get_input_schema().input_names() == list(FEATURES)
+    plots = {artifact.path for artifact in client.list_artifacts(result["run_id"], "plots")}
+    assert plots == {"plots/predicted_vs_true.png", "plots/residuals_by_slice.png"}
 
 
 def test_the_same_key_on_new_data_trains_a_new_candidate(trained, tracking_uri, tmp_path, small_abalone):

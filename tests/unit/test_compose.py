@@ -34,8 +34,8 @@ def compose() -> dict:
 
 
 def resolved(value: str) -> str:
-    """A value as compose resolves it with no .env: ``${NAME:-default}`` becomes ``default``."""
-    return re.sub(r"\$\{[A-Z0-9_]+(?::-([^}]*)|:\?[^}]*)?\}", lambda m: m[1] or "", value)
+    """A value as compose resolves it with no .env: ``${NAME:-default}`` and ``${NAME-default}`` become ``default``."""
+    return re.sub(r"\$\{[A-Z0-9_]+(?::?-([^}]*)|:\?[^}]*)?\}", lambda m: m[1] or "", value)
 
 
 def environment(service: dict) -> dict[str, str]:

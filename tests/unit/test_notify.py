@@ -16,7 +16,6 @@ from abalone_pipeline.notify import (
     failure_line,
     failure_notifiers,
     failure_summary,
-    run_summary,
 )
 
 CONTEXT = {
@@ -79,27 +78,6 @@ def test_sns_publishes_the_failure_to_the_topic(sns_endpoint):
     envelope = json.loads(message["Body"])
     assert envelope["Subject"] == "Airflow failure: abalone_retraining.train"
     assert json.loads(envelope["Message"])["error"] == "the trainer container exited with 137 (killed)"
-
-
-def test_the_run_summary_says_what_happened_without_mlflow():
-    summary = run_summary(
-        staged={
-            "dataset_id": "7c40",
-            "source_sha256": "de37",
-            "rows": {"train": 2970},
-            "validation": {"quarantined_rows": 2},
-        },
-        decision={"candidate_rmse": 2.03, "champion_rmse": 2.05, "champion_version": "3", "summary": "PROMOTE: ..."},
-        outcome={"promoted": True, "verdict": "promoted", "version": "4", "champion_version": "4"},
-        mlflow_run_url="http://mlflow:5000/#/experiments/1/runs/abc",
-    )
-    assert summary["decision"] == "promoted" and summary["promoted_version"] == "4" and summary["champion_now"] == "4"
-    assert (summary["candidate_test_rmse"], summary["champion_test_rmse"]) == (2.03, 2.05)
-    assert summary["dataset_id"] == "7c40" and summary["quarantined_rows"] == 2
-    rejected = run_summary(
-        staged={}, decision={}, outcome={"promoted": False, "verdict": "rejected", "version": None}, mlflow_run_url=None
-    )
-    assert rejected["promoted_version"] is None and rejected["decision"] == "rejected"
 
 
 def test_a_multi_line_error_is_told_in_one_line_the_same_for_the_log_and_sns(caplog):

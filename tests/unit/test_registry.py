@@ -19,6 +19,7 @@ from abalone_pipeline.registry import (
     apply_decision,
     current_version,
     history,
+    record_report,
     rollback,
     rollback_tag,
 )
@@ -66,7 +67,6 @@ def promote(client, cand, passed=True, champion=None, forced_by=None):
         candidate=cand,
         decision=decision(passed, champion, forced_by),
         audit_tags={TAG_AIRFLOW_RUN: cand["airflow"], "airflow.run_id": cand["airflow"].split("/")[1]},
-        report_markdown="# Gate decision\n",
     )
 
 
@@ -87,8 +87,9 @@ def roll_back(client, key="rollback/r1", to_version=None, reason="v2 misbehaves 
     )
 
 
-def test_first_promotion_registers_sets_the_alias_and_logs_the_report(client, tmp_path):
+def test_first_promotion_registers_sets_the_alias_and_points_at_the_report(client, tmp_path):
     cand = candidate(client)
+    record_report(client, cand["run_id"], decision(True, None, None), "# Gate decision\n")  # the gate task's
     outcome = promote(client, cand)
     assert outcome["promoted"] and outcome["version"] == "1"
     assert current_version(client, NAME, ALIAS) == "1" and current_version(client, NAME, PREVIOUS) is None
@@ -98,6 +99,7 @@ def test_first_promotion_registers_sets_the_alias_and_logs_the_report(client, tm
     assert version.tags["abalone.previous_champion"] == "none"
     assert version.tags["abalone.gate.report"] == f"runs:/{cand['run_id']}/{REPORT_MARKDOWN}"
     assert client.get_run(cand["run_id"]).data.tags[TAG_DECISION] == "promoted"
+    assert client.get_run(cand["run_id"]).data.tags["abalone.outcome"] == "promoted"
     saved = json.loads((tmp_path / client.download_artifacts(cand["run_id"], REPORT_JSON)).read_text())
     assert saved["verdict"] == "promoted" and saved["checks"][0]["rule"] == "improvement"
 
@@ -135,8 +137,7 @@ def test_a_rejection_leaves_registry_and_alias_untouched(client):
     assert not outcome["promoted"] and outcome["verdict"] == "rejected"
     assert versions(client) == ["1"] and current_version(client, NAME, ALIAS) == "1"
     tags = client.get_run(worse["run_id"]).data.tags
-    assert tags[TAG_DECISION] == "rejected" and "worse than champion" in tags[TAG_REASONS]
-    assert [a.path for a in client.list_artifacts(worse["run_id"], "gate")] == [REPORT_JSON, REPORT_MARKDOWN]
+    assert tags[TAG_DECISION] == tags["abalone.outcome"] == "rejected" and "worse than champion" in tags[TAG_REASONS]
 
 
 def test_a_better_candidate_moves_the_alias_and_keeps_the_previous_champion(client):

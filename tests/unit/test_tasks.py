@@ -6,7 +6,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from abalone_pipeline.config import BUNDLED_DATA, ConfigError, Settings
-from abalone_pipeline.tasks import check_run_options, judge, policy_for_run, promote_candidate
+from abalone_pipeline.tasks import check_run_options, gate_metrics, judge, policy_for_run, promote_candidate
 
 SETTINGS = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
 DAG_RUN = SimpleNamespace(
@@ -35,9 +35,7 @@ def test_a_candidate_trained_on_other_data_is_never_promoted():
             SETTINGS,
             candidate=candidate,
             decision=judge(SETTINGS, EVALUATION, {}, DAG_RUN),
-            evaluation=EVALUATION,
             staged={"dataset_id": "bbbb", "manifest_uri": "m"},
-            params={},
             dag_run=DAG_RUN,
             try_number=1,
         )
@@ -137,3 +135,9 @@ def test_after_a_run_fails_without_its_clean_up_the_fences_are_closed_even_with_
     clean_up_after_failure(settings)({"dag_run": dag_run, "reason": "timed_out"})  # never raises
     assert json.loads(store.get(key))["attempt"] is None, "the orphan's next fence check stops it"
     assert "mlflow_runs_killed" in caplog.text and "containers_removed" not in caplog.text
+
+
+def test_the_gate_logs_the_champion_and_the_baselines_beside_the_candidate():
+    assert gate_metrics(EVALUATION) == {"gate.baseline_mean_rmse": 3.2, "gate.baseline_linear_rmse": 2.2}
+    with_champion = {**EVALUATION, "champion": {"version": "3", "metrics": {**METRICS, "test_rmse": 2.05}}}
+    assert gate_metrics(with_champion)["gate.champion_rmse"] == pytest.approx(2.05)

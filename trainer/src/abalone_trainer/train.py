@@ -17,6 +17,7 @@ from abalone_trainer.data import StagedData, to_features, to_labels
 from abalone_trainer.defaults import FEATURES, LABEL, HyperParams
 from abalone_trainer.fence import Fence, Superseded
 from abalone_trainer.model import as_dataset, build_model, predict
+from abalone_trainer.plots import log_test_plots
 from abalone_trainer.signals import Terminated
 from abalone_trainer.stats import regression_metrics
 
@@ -186,7 +187,8 @@ def train_and_log(
         best_epoch = int(np.argmin(history["val_loss"]))
 
         test = data.frames["test"]
-        scores = regression_metrics(to_labels(test), predict(model, to_features(test)))
+        test_predictions = predict(model, to_features(test))
+        scores = regression_metrics(to_labels(test), test_predictions)
         test_metrics = {f"test_{name}": value for name, value in scores.items()}
         mlflow.log_metrics(
             {
@@ -197,6 +199,7 @@ def train_and_log(
             }
         )
         log.info("trained %d epochs (best %d): %s", epochs_run, best_epoch, _format(test_metrics))
+        log_test_plots(test, test_predictions)  # never raises: a plot is not worth a failed training
 
         fence.check(required=True)
         model_info = log_model(model, test[list(FEATURES)].head(5).reset_index(drop=True))

@@ -1,0 +1,1 @@
+"""The abalone model page: its FastAPI app, MLflow reads bounded in time, and HTML rendering."""
