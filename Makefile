@@ -11,7 +11,7 @@ LOCAL_PY := $(if $(wildcard $(PY)),$(PY),python3)
 help:
 	@echo "make run        start (or reuse) the local Airflow + MLflow, run abalone_retraining once and follow it"
 	@echo "                (needs a Docker engine); the stack stays up: Airflow UI on ABALONE_AIRFLOW_PORT (8080)"
-	@echo "make trigger    one more run on the running stack, followed to its end"
+	@echo "make trigger [CONF='{\"dry_run\": true}']  one more run on the running stack, followed to its end"
 	@echo "make status     which local processes run, their health, the URLs"
 	@echo "make history    every promotion and rollback of the model (the local MLflow server by default)"
 	@echo "make rollback REASON='...' [VERSION=n]  move champion back (abalone_rollback, locally)"
@@ -36,7 +36,7 @@ run:  # the script checks for a Docker engine first, then makes the venv
 	scripts/run-local.sh
 
 trigger: venv
-	@source scripts/env.sh && $(PY) scripts/local_airflow.py trigger
+	@source scripts/env.sh && $(PY) scripts/local_airflow.py trigger --conf '$(or $(CONF),{})'
 
 status:
 	@source scripts/env.sh && $(LOCAL_PY) scripts/local_airflow.py status

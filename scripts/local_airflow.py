@@ -756,6 +756,9 @@ def main(argv: list[str] | None = None) -> int:
     except StackError as error:
         print(f"\nmake run: {error}", file=sys.stderr)
         return 1
+    except OSError as error:  # the API server went away mid-call (make stop from another shell, a crash)
+        print(f"\nmake run: the local Airflow stopped answering ({error}); see make status", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
