@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, ClassVar
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink
-from airflow.sdk.execution_time.xcom import XCom
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context
@@ -65,6 +64,9 @@ class PersistedLink(BaseOperatorLink):
         return f"abalone_link_{self.name.lower().replace(' ', '_')}"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        # Only a task's runner calls this, when the try ends: the DAG file's parse never imports it.
+        from airflow.sdk.execution_time.xcom import XCom
+
         return XCom.get_value(key=self.xcom_key, ti_key=ti_key) or ""
 
     @classmethod
