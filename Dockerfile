@@ -17,6 +17,8 @@ RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
     && pip check
 
 COPY --chown=airflow:0 include /opt/abalone/include
+# The contract the trainer image shares (markers, columns, result payloads): standard library only.
+COPY --chown=airflow:0 trainer/src/abalone_contract /opt/abalone/include/abalone_contract
 COPY --chown=airflow:0 dags /opt/airflow/dags
 COPY --chown=airflow:0 plugins /opt/airflow/plugins
 # abalone_pipeline imports from here; its bundled data is /opt/abalone/include/data/abalone.data.

@@ -1,11 +1,11 @@
 """What the gate and registry steps cost as MLflow's history grows: 100, 1,000 and 10,000 prior runs and versions.
 
 Starts a real ``mlflow server`` (SQLite backend and local proxied artifacts in a temporary directory, one
-worker, started and awaited on /health as tests/e2e/conftest.py does) and times the project's own
-functions talking to it over HTTP through ``MlflowClient``, as in production: the trainer's idempotency
-checks, its champion lookup and prior-runs query, the pure gate, and the Airflow side's registry writes
-and reads. Model scoring is left out. Each step is timed ``--repeat`` times after one warm-up, the steps
-interleaved so that a noisy moment hits them all alike; the table gives medians.
+worker, started and awaited on /health by scripts/local_mlflow.py, as make run and the tests start it) and
+times the project's own functions talking to it over HTTP through ``MlflowClient``, as in production: the
+trainer's idempotency checks, its champion lookup and prior-runs query, the pure gate, and the Airflow
+side's registry writes and reads. Model scoring is left out. Each step is timed ``--repeat`` times after
+one warm-up, the steps interleaved so that a noisy moment hits them all alike; the table gives medians.
 
 History is written in this process, straight into the server's SQLite file while the server is idle, with
 MLflow's own table models (``mlflow.store.tracking.dbmodels``, ``mlflow.store.model_registry.dbmodels``) and
@@ -24,7 +24,7 @@ reads those only for the runs a search returns, by an indexed lookup.
 
 The levels are approximate: each level adds 2 x (repeat + 1) + 2 fresh candidate runs, which stay, and
 each timed promotion registers a version. "One nightly run" adds up the medians of the steps a nightly
-run takes (train, evaluate with tonight's new data, judge, promote or reject).
+run takes (train, evaluate with tonight's new data, gate, promote or reject).
 
     .venv/bin/python bench/gate_cost.py [--levels 100 1000 10000] [--repeat 7] [--tag-indexes]
 
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import logging
 import os
 import platform
@@ -53,7 +54,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _mlflow_server import mlflow_server
+# scripts/local_mlflow.py: the one way make run, the tests and the benchmarks start the local MLflow server.
+sys.path.append(str(Path(__file__).resolve().parents[1] / "scripts"))
+local_mlflow = importlib.import_module("local_mlflow")
 
 TARGET_RATIO = 1.2
 EXPERIMENT = "abalone-gate-cost"
@@ -72,7 +75,7 @@ CREATE INDEX bench_model_version_tags_key_value ON model_version_tags (workspace
 def evaluation(
     candidate: float, champion: str | None, champion_rmse: float, interval: tuple[float, float], prior: dict
 ) -> dict[str, Any]:
-    """An evaluation as ``results.parse_evaluation`` returns it (the shape tests/unit/test_gate.py builds)."""
+    """An evaluation as ``abalone_contract.results.parse_evaluation`` returns it (as tests/unit/test_gate.py builds)."""
 
     def metrics(rmse: float) -> dict[str, float]:
         return {"test_rmse": rmse, "test_mae": rmse * 0.7, "test_r2": 0.55, "test_mse": rmse**2}
@@ -181,9 +184,9 @@ class History:
 
     def _run(self, rows: dict[str, list], dataset: str, decision: str | None = None) -> dict[str, str]:
         """One trainer run's rows; with a ``decision`` ("promoted", "forced" or "interrupted"), its version's too."""
+        from abalone_contract.constants import TAG_IDEMPOTENCY_KEY
+        from abalone_contract.hyperparams import HyperParams
         from abalone_pipeline import registry
-        from abalone_trainer.defaults import HyperParams
-        from abalone_trainer.tracking import IDEMPOTENCY_TAG
 
         run_id, model_id = self._id(), f"m-{self._id()}"
         start = self.t0 + self.written * HOUR_MS
@@ -200,7 +203,7 @@ class History:
             "mlflow.user": "trainer",
             "mlflow.source.name": "/usr/local/bin/abalone-trainer",
             "mlflow.source.type": "LOCAL",
-            IDEMPOTENCY_TAG: f"{DAG_ID}/{airflow_run_id}",
+            TAG_IDEMPOTENCY_KEY: f"{DAG_ID}/{airflow_run_id}",
             "abalone.dataset_id": dataset,
             "abalone.manifest_uri": manifest,
             "abalone.code_revision": revision,
@@ -393,10 +396,10 @@ def audit_tags(candidate: dict[str, str], airflow_run_id: str) -> dict[str, str]
 NIGHTLY = (
     "train: tracking.ensure_experiment",
     "train: tracking.find_finished_run",
-    "train: tracking.close_abandoned_runs",
+    "train: tracking.close_running_runs",
     "evaluate: evaluate.resolve_champion",
     "evaluate: evaluate.prior_runs, new dataset (falls back to any)",
-    "judge: gate.decide",
+    "gate: gate.decide",
 )
 PROMOTED = "promote: registry.apply_decision, promoted"
 REJECTED = "promote: registry.apply_decision, rejected"
@@ -404,13 +407,14 @@ REJECTED = "promote: registry.apply_decision, rejected"
 
 def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, float]:
     """Median seconds of each step at the current size of history, after one warm-up round."""
+    from abalone_contract.tracking import close_running_runs, mlflow_client
     from abalone_pipeline import registry
     from abalone_pipeline.gate import GatePolicy, decide
     from abalone_pipeline.gate_report import render
     from abalone_trainer import evaluate, tracking
 
     trainer = tracking.configure(uri)
-    client = registry.mlflow_client(uri)
+    client = mlflow_client(uri)
     policy = GatePolicy()
     to_promote, to_reject = history.candidates(repeat + 1), history.candidates(repeat + 1)
     same = history.candidates(1, dataset=history.dataset)[0]  # its dataset is the newest prior runs'
@@ -466,9 +470,7 @@ def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, fl
         "train: tracking.find_finished_run": fixed(
             lambda: tracking.find_finished_run(trainer, history.experiment_id, key, new["dataset_id"])
         ),
-        "train: tracking.close_abandoned_runs": fixed(
-            lambda: tracking.close_abandoned_runs(trainer, history.experiment_id, key)
-        ),
+        "train: tracking.close_running_runs": fixed(lambda: close_running_runs(trainer, history.experiment_id, key)),
         "evaluate: evaluate.resolve_champion": fixed(lambda: evaluate.resolve_champion(trainer, MODEL_NAME, ALIAS)),
         "evaluate: evaluate.prior_runs, same dataset": fixed(
             lambda: evaluate.prior_runs(trainer, same["run_id"], same["dataset_id"])
@@ -476,7 +478,7 @@ def measure(uri: str, history: History, level: int, repeat: int) -> dict[str, fl
         "evaluate: evaluate.prior_runs, new dataset (falls back to any)": fixed(
             lambda: evaluate.prior_runs(trainer, new["run_id"], new["dataset_id"])
         ),
-        "judge: gate.decide": fixed(lambda: decide(gate_input, policy)),
+        "gate: gate.decide": fixed(lambda: decide(gate_input, policy)),
         PROMOTED: apply(to_promote, 2.0, (-0.2, -0.1), promote=True),
         REJECTED: apply(to_reject, 2.3, (0.05, 0.25), promote=False),
         "registry.registered_version": fixed(
@@ -510,6 +512,7 @@ def main() -> None:
 
     import mlflow
 
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import registry
     from abalone_pipeline.gate import GatePolicy, decide
     from abalone_trainer import tracking
@@ -521,8 +524,8 @@ def main() -> None:
     rows, timings = [], {}
     with tempfile.TemporaryDirectory(prefix="gate-cost-") as tmp:
         home = Path(tmp)
-        with mlflow_server(home) as uri:
-            client = registry.mlflow_client(uri)
+        with local_mlflow.server(home) as uri:
+            client = mlflow_client(uri)
             experiment_id = tracking.ensure_experiment(client, EXPERIMENT)
             registry.ensure_registered_model(client, MODEL_NAME, "gate cost benchmark")
             reasons = decide(evaluation(2.05, "1", 2.2, (-0.2, -0.1), {"count": 0}), GatePolicy()).summary()

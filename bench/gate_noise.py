@@ -30,11 +30,11 @@ def main() -> None:
 
     import numpy as np
 
+    from abalone_contract.hyperparams import HyperParams
     from abalone_pipeline.config import BUNDLED_DATA
     from abalone_pipeline.objectstore import LocalStore
     from abalone_pipeline.staging import stage
     from abalone_trainer.data import load_staged, to_features, to_labels
-    from abalone_trainer.defaults import HyperParams
     from abalone_trainer.model import predict
     from abalone_trainer.stats import SliceSpec, baseline_predictions, paired_bootstrap, regression_metrics
     from abalone_trainer.train import fit

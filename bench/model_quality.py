@@ -67,7 +67,7 @@ class Split:
 
 
 def load_rows() -> pd.DataFrame:
-    from abalone_trainer.defaults import FEATURES, LABEL
+    from abalone_contract.constants import FEATURES, LABEL
 
     return pd.read_csv(DATA, header=None, names=[*FEATURES, LABEL], dtype={"Sex": str})
 
@@ -93,22 +93,22 @@ def splits(rows: pd.DataFrame, seed: int, folds: int) -> tuple[Split, list[Split
 
 def design_matrix(frame: pd.DataFrame, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Standardised measurements (with the training rows' statistics) and a one-hot Sex."""
-    from abalone_trainer.defaults import NUMERIC_FEATURES, SEX_VOCABULARY
+    from abalone_contract.constants import NUMERIC_FEATURES, SEXES
 
     numeric = (frame[list(NUMERIC_FEATURES)].to_numpy("float64") - mean) / scale
-    sex = np.stack([(frame["Sex"] == value).to_numpy("float64") for value in SEX_VOCABULARY], axis=1)
+    sex = np.stack([(frame["Sex"] == value).to_numpy("float64") for value in SEXES], axis=1)
     return np.concatenate([numeric, sex], axis=1)
 
 
 def standardiser(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    from abalone_trainer.defaults import NUMERIC_FEATURES
+    from abalone_contract.constants import NUMERIC_FEATURES
 
     numeric = frame[list(NUMERIC_FEATURES)].to_numpy("float64")
     return numeric.mean(axis=0), numeric.std(axis=0)
 
 
 def labels(frame: pd.DataFrame) -> np.ndarray:
-    from abalone_trainer.defaults import LABEL
+    from abalone_contract.constants import LABEL
 
     return frame[LABEL].to_numpy("float64")
 
@@ -157,8 +157,8 @@ def ours(split: Split, seed: int) -> np.ndarray:
     """The trainer's ``fit`` with its default hyperparameters, the nightly run's model."""
     from dataclasses import replace
 
+    from abalone_contract.hyperparams import HyperParams
     from abalone_trainer.data import StagedData, to_features
-    from abalone_trainer.defaults import HyperParams
     from abalone_trainer.model import predict
     from abalone_trainer.train import fit
 

@@ -30,8 +30,8 @@ def child(manifest_uri: str, seed: int, out: Path) -> None:
 
     import numpy as np
 
+    from abalone_contract.hyperparams import HyperParams
     from abalone_trainer.data import load_staged, to_features, to_labels
-    from abalone_trainer.defaults import HyperParams
     from abalone_trainer.model import predict
     from abalone_trainer.stats import regression_metrics
     from abalone_trainer.train import fit

@@ -95,7 +95,8 @@ def child(mode: str, source: Path, endpoint: str, key: str) -> None:
         import pandera.pandas  # ruff: ignore[unused-import]
         import pyarrow.csv  # ruff: ignore[unused-import]
 
-        from abalone_pipeline.objectstore import open_source, open_store
+        from abalone_pipeline.objectstore import open_store
+        from abalone_pipeline.sources import open_source
         from abalone_pipeline.staging import stage
     started = time.perf_counter()
     if mode == "boto3":

@@ -5,8 +5,11 @@ Stages the abalone data to the object store, trains a candidate inside the Tenso
 Container, scores it beside the current champion on the same test split, and moves the `champion`
 alias in the MLflow model registry only when the gate passes.
 
+* **preflight**: check the run's options (the source against the allowlist, a forced promotion's
+  reason, the gate policy with the run's overrides) and resolve them once for stage and gate. A refused
+  option fails here, before anything is staged, and is not retried.
 * **stage**: validate the source, split it deterministically, write the splits and a manifest under
-  a content-addressed prefix (never rewritten).
+  a content-addressed prefix (never rewritten), and compare it with the previously staged dataset (drift).
 * **train**: `abalone-trainer train` in the trainer image (GPU queue and pool); logs params, per-epoch
   and test metrics, dataset lineage and the model to MLflow.
 * **evaluate**: `abalone-trainer evaluate`: candidate, `champion`, a mean and a least-squares baseline
@@ -29,7 +32,7 @@ with its reason and, with `ABALONE_SNS_TOPIC_ARN`, published to that SNS topic.
 
 A rejected candidate is an expected outcome: the run succeeds, promote is skipped, and the decision is
 on the MLflow run. train and evaluate link to the MLflow run, gate to its report, promote to the version.
-Settings come from `ABALONE_*` environment variables (see the README); the form below overrides
+Settings come from `ABALONE_*` environment variables (docs/configuration.md); the form below overrides
 hyperparameters, the source and the gate for one run, and offers a dry run and a forced promotion
 (with a recorded reason). `abalone_rollback` moves the champion back.
 """
@@ -41,15 +44,18 @@ from datetime import datetime, timedelta
 from airflow.sdk import Asset, Param, dag, task
 from docker.types import Mount
 
+from abalone_contract.constants import idempotency_key
+from abalone_contract.hyperparams import HyperParams
+from abalone_contract.results import parse_evaluation, parse_train
 from abalone_pipeline.config import Settings
 from abalone_pipeline.gate import POLICY_SCHEMA
 from abalone_pipeline.links import GateReportLink, ModelVersionLink, run_link, with_links
 from abalone_pipeline.notify import failure_notifiers
 from abalone_pipeline.operators import TrainerContainerOperator
-from abalone_pipeline.results import parse_evaluation, parse_train
 from abalone_pipeline.tasks import clean_up_after_failure
 
 settings = Settings.from_env()
+TRAINER_DEFAULTS = HyperParams()  # the trigger form starts from the trainer's own defaults
 # A failed task, and a failed run, are logged as ABALONE_FAILURE and sent to SNS if configured.
 ON_FAILURE = failure_notifiers(settings.sns_topic_arn, settings.aws_conn_id)
 
@@ -60,7 +66,6 @@ TRAINER_ENV = {
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 STORE_MOUNTS = [Mount(target=str(root), source=str(root), type="bind")] if (root := settings.local_store_root) else []
-MANIFEST_URI = "{{ ti.xcom_pull(task_ids='stage')['manifest_uri'] }}"
 # Updated by every successful stage, with the dataset's id and manifest in the event's extra, so other
 # DAGs can be scheduled on freshly staged data. Its URI is its name: an s3:// URI would make Airflow
 # load the Amazon provider's asset handler, and boto3 with it, on every parse of this file.
@@ -99,13 +104,23 @@ container_defaults = {
     },
     params={
         "epochs": Param(
-            100, type="integer", minimum=1, maximum=1000, title="Epochs", description="Maximum training epochs."
+            TRAINER_DEFAULTS.epochs,
+            type="integer",
+            minimum=1,
+            maximum=1000,
+            title="Epochs",
+            description="Maximum training epochs.",
         ),
         "batch_size": Param(
-            64, type="integer", minimum=1, maximum=4096, title="Batch size", description="Mini-batch size."
+            TRAINER_DEFAULTS.batch_size,
+            type="integer",
+            minimum=1,
+            maximum=4096,
+            title="Batch size",
+            description="Mini-batch size.",
         ),
         "learning_rate": Param(
-            1e-3,
+            TRAINER_DEFAULTS.learning_rate,
             type="number",
             exclusiveMinimum=0,
             exclusiveMaximum=1,
@@ -135,7 +150,7 @@ container_defaults = {
             **POLICY_SCHEMA,
             title="Gate policy",
             description=(
-                "The promotion rules for this run (README, 'The gate'). Keys left out keep the configured "
+                "The promotion rules for this run (docs/gate.md). Keys left out keep the configured "
                 'defaults: for example {"max_rmse": 2.3} only lowers the ceiling.'
             ),
         ),
@@ -162,31 +177,42 @@ container_defaults = {
     },
 )
 def abalone_retraining():
-    @task(multiple_outputs=False, inlets=[STAGED_DATASET], outlets=[STAGED_DATASET])
-    def stage(params: dict | None = None, inlet_events=None, outlet_events=None) -> dict:
-        """Check the run's options, validate and stage the source, and summarise its drift from the last dataset."""
-        from abalone_pipeline.tasks import check_run_options, dataset_drift, previous_manifest_uri, stage_dataset
+    @task(multiple_outputs=False)
+    def preflight(params: dict | None = None) -> dict:
+        """Check the run's options and resolve them once: the source, the gate policy, a dry run or forcing."""
+        from abalone_pipeline.tasks import check_run_options
 
-        check_run_options(settings, params)
+        return check_run_options(settings, params)
+
+    options = preflight()
+
+    # multiple_outputs: each key is also an XCom of its own, so the trainer commands can take the manifest's URI.
+    @task(multiple_outputs=True, inlets=[STAGED_DATASET], outlets=[STAGED_DATASET])
+    def stage(options: dict, inlet_events=None, outlet_events=None) -> dict:
+        """Validate and stage the source, and summarise its drift from the last staged dataset."""
+        from abalone_pipeline.tasks import dataset_drift, previous_manifest_uri, stage_dataset
+
         previous = previous_manifest_uri(inlet_events, STAGED_DATASET)
-        staged = stage_dataset(settings, params["source_uri"], params["max_quarantine_fraction"])
+        staged = stage_dataset(settings, options["source_uri"], options["max_quarantine_fraction"])
         staged["drift"] = dataset_drift(settings, staged, previous)
         outlet_events[STAGED_DATASET].extra = {
             key: staged[key] for key in ("dataset_id", "manifest_uri", "rows", "source_sha256")
         }
         return staged
 
+    staged = stage(options)
+
     train = TrainerContainerOperator(
         task_id="train",
         doc="Train a candidate in the trainer image and log it to MLflow.",
         command=[
             "--manifest-uri",
-            MANIFEST_URI,
+            staged["manifest_uri"],
             "train",
             "--experiment",
             settings.experiment,
             "--idempotency-key",
-            "{{ dag.dag_id }}/{{ run_id }}",
+            idempotency_key("{{ dag.dag_id }}", "{{ run_id }}"),
             "--epochs",
             "{{ params.epochs }}",
             "--batch-size",
@@ -203,6 +229,7 @@ def abalone_retraining():
         execution_timeout=timedelta(minutes=settings.train_timeout_minutes),
         timeout_setting="ABALONE_TRAIN_TIMEOUT_MINUTES",
         result_parser=parse_train,
+        multiple_outputs=True,  # its run_id and model_uri are XComs of their own, for evaluate's command
         mlflow_link=lambda result: run_link(settings, result["run_id"]),
         **container_defaults,
     )
@@ -212,12 +239,12 @@ def abalone_retraining():
         doc="Score the candidate and the current champion on the same test split.",
         command=[
             "--manifest-uri",
-            MANIFEST_URI,
+            staged["manifest_uri"],
             "evaluate",
             "--candidate-model-uri",
-            "{{ ti.xcom_pull(task_ids='train')['model_uri'] }}",
+            train.output["model_uri"],
             "--candidate-run-id",
-            "{{ ti.xcom_pull(task_ids='train')['run_id'] }}",
+            train.output["run_id"],
             "--model-name",
             settings.model_name,
             "--alias",
@@ -237,24 +264,26 @@ def abalone_retraining():
     # A branch: the decision is always recorded, and the registry is touched only for a blessed (or
     # forced) candidate, so the grid shows a promotion as a run whose promote task succeeded.
     @task.branch
-    def gate(candidate: dict, evaluation: dict, staged: dict, params=None, dag_run=None, ti=None) -> list[str]:
-        """Judge the candidate by the run's policy and record the decision on its MLflow run."""
+    def gate(candidate: dict, evaluation: dict, staged: dict, options: dict, dag_run=None, ti=None) -> list[str]:
+        """Pass the candidate through the run's gate policy and record the decision on its MLflow run."""
         from abalone_pipeline.summary import DRY_RUN, REJECTED
-        from abalone_pipeline.tasks import gate_report_link, judge, record_decision
+        from abalone_pipeline.tasks import gate_candidate, gate_report_link, record_decision
 
         decision = record_decision(
             settings,
             candidate=candidate,
-            decision=judge(settings, evaluation, params, dag_run),
+            decision=gate_candidate(evaluation, options, dag_run),
             evaluation=evaluation,
             staged=staged,
-            params=params,
+            dry_run=options["dry_run"],
             dag_run=dag_run,
             try_number=ti.try_number,
         )
         ti.xcom_push(key="decision", value=decision)
         GateReportLink.persist({"ti": ti}, gate_report_link(settings, candidate["run_id"], decision["experiment_id"]))
         return ["summarize"] if decision["outcome"] in (REJECTED, DRY_RUN) else ["promote", "summarize"]
+
+    decision = with_links(gate(train.output, evaluate.output, staged, options), GateReportLink())["decision"]
 
     @task(multiple_outputs=False, pool=settings.registry_pool)
     def promote(candidate: dict, decision: dict, staged: dict, dag_run=None, ti=None) -> dict:
@@ -268,6 +297,8 @@ def abalone_retraining():
         ModelVersionLink.persist({"ti": ti}, version_link(settings, outcome["version"]))
         return outcome
 
+    promoted = with_links(promote(train.output, decision, staged), ModelVersionLink())
+
     @task(multiple_outputs=False, trigger_rule="none_failed")
     def summarize(decision: dict, promoted: dict | None, staged: dict, candidate: dict, dag_run=None) -> dict:
         """The run at a glance: decision, scores, the champion now, and the links (JSON in XCom and log)."""
@@ -277,6 +308,8 @@ def abalone_retraining():
             settings, decision=decision, promoted=promoted, staged=staged, candidate=candidate, dag_run=dag_run
         )
 
+    summarize(decision, promoted, staged, train.output)
+
     # On the trainer queue: it removes containers from the Docker engine the trainer tasks use.
     @task(multiple_outputs=False, queue=settings.train_queue)
     def clean_up(dag_run=None) -> dict:
@@ -285,12 +318,7 @@ def abalone_retraining():
 
         return clean_up_run(settings, dag_run.dag_id, dag_run.run_id)
 
-    staged = stage()
-    staged >> train >> evaluate
-    judged = with_links(gate(train.output, evaluate.output, staged), GateReportLink())
-    decision = judged["decision"]
-    promoted = with_links(promote(train.output, decision, staged), ModelVersionLink())
-    summarize(decision, promoted, staged, train.output)
+    # The one edge without data: a teardown, it runs once these are done, whatever happened to them.
     [train, evaluate, promoted] >> clean_up().as_teardown()
 
 

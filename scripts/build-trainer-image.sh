@@ -15,7 +15,7 @@ python=${PYTHON:-python3}
 
 log() { printf '[trainer-image] %s\n' "$*" >&2; }
 
-docker info >/dev/null 2>&1 || { log "no Docker engine is reachable; see the README's 'Docker' section"; exit 1; }
+docker info >/dev/null 2>&1 || { log "no Docker engine is reachable; see docs/testing.md, 'A Docker engine'"; exit 1; }
 
 if [[ "${ABALONE_USE_STANDIN:-0}" == 1 ]]; then
     base=$("$root/standins/build.sh" tensorflow)
@@ -44,6 +44,8 @@ else
     wheels="$context/wheels"
     mkdir -p "$wheels"
     log "building the abalone-trainer wheel; fetching its dependencies for Python $py_version"
+    # setuptools builds in trainer/build and packs all of it: a module deleted from the sources would ship.
+    rm -rf "$root/trainer/build"
     "$python" -m pip wheel --quiet --no-deps --no-build-isolation -w "$context/wheels" "$root/trainer" 2>/dev/null \
         || "$python" -m pip wheel --quiet --no-deps -w "$context/wheels" "$root/trainer"
     "$python" -m pip download --quiet --only-binary=:all: --python-version "$py_version" --implementation cp \

@@ -1,5 +1,5 @@
 # Environment of the embedded default, sourced by scripts/run-local.sh, scripts/local_airflow.py's callers and make.
-# Every ABALONE_* variable may be set beforehand to override it (see the README's configuration table).
+# Every ABALONE_* variable may be set beforehand to override it (docs/configuration.md).
 _abalone_root=${ABALONE_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 export ABALONE_LOCAL_DIR=${ABALONE_LOCAL_DIR:-$_abalone_root/.local}
 export ABALONE_MLFLOW_PORT=${ABALONE_MLFLOW_PORT:-5000}

@@ -36,6 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import local_mlflow  # beside this file: the one way to start the local MLflow server
+
 DAG_ID = "abalone_retraining"
 ADMIN = "admin"
 # Stopped in this order: the scheduler first, so that nothing new starts while the rest goes down.
@@ -181,30 +183,15 @@ def running(stack: Stack, name: str) -> int | None:
 
 def start(stack: Stack, name: str, command: list[str]) -> int:
     """Start ``command`` in its own session (its pid is its process group), logging to the component's log."""
-    log = stack.log_file(name)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as out:
-        out.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n")
-        out.flush()
-        process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    stack.pid_file(name).write_text(f"{process.pid}\n")
-    return process.pid
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    try:
-        text = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(f"    {line[:300]}" for line in text[-lines:])
+    env = local_mlflow.environment() if name == "mlflow" else None
+    return local_mlflow.start(command, stack.log_file(name), env=env, pid_file=stack.pid_file(name)).pid
 
 
 def died(stack: Stack, name: str) -> StackError:
     log = stack.log_file(name)
     return StackError(
-        f"{name} exited during start-up (make stop stops the rest); the end of its log ({log}):\n{tail(log)}"
+        f"{name} exited during start-up (make stop stops the rest); "
+        f"the end of its log ({log}):\n{local_mlflow.tail(log)}"
     )
 
 
@@ -306,13 +293,6 @@ def call(method: str, url: str, *, token: str | None = None, body: Any = None, t
         return status, raw.decode(errors="replace")
 
 
-def answers(url: str) -> bool:
-    try:
-        return call("GET", url, timeout=5)[0] == 200
-    except OSError:
-        return False
-
-
 def health(stack: Stack) -> dict[str, str] | None:
     """Each Airflow component's status from /api/v2/monitor/health; None while the API server does not answer."""
     try:
@@ -369,7 +349,7 @@ def start_mlflow(stack: Stack) -> int | None:
     """Start the local MLflow server unless one answers already; its pid when started here (not yet healthy)."""
     if not stack.tracking_uri.startswith(("http://", "https://")):
         return None  # an ARN: SageMaker's managed MLflow, nothing to start
-    if answers(f"{stack.tracking_uri}/health"):
+    if local_mlflow.healthy(stack.tracking_uri, timeout=5):
         pid = running(stack, "mlflow")
         print(
             f"MLflow server: reusing pid {pid}"
@@ -387,21 +367,7 @@ def start_mlflow(stack: Stack) -> int | None:
     check_port_free(stack.mlflow_port, "MLflow", "ABALONE_MLFLOW_PORT")
     stack.mlflow_dir.mkdir(parents=True, exist_ok=True)
     print(f"MLflow server: starting on {stack.tracking_uri} (log: {stack.log_file('mlflow')})")
-    command = [
-        str(stack.bin_dir / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{stack.mlflow_dir / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(stack.mlflow_dir / "artifacts"),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(stack.mlflow_port),
-        "--workers",
-        "1",
-    ]
-    return start(stack, "mlflow", command)
+    return start(stack, "mlflow", local_mlflow.command(stack.mlflow_dir, stack.mlflow_port, bin_dir=stack.bin_dir))
 
 
 def start_airflow(stack: Stack) -> list[str]:
@@ -429,7 +395,7 @@ def start_airflow(stack: Stack) -> list[str]:
     with migrate_log.open("w") as out:
         migrated = subprocess.run([airflow, "db", "migrate"], stdout=out, stderr=subprocess.STDOUT, check=False)
     if migrated.returncode != 0:
-        raise StackError(f"airflow db migrate failed; the end of {migrate_log}:\n{tail(migrate_log)}")
+        raise StackError(f"airflow db migrate failed; the end of {migrate_log}:\n{local_mlflow.tail(migrate_log)}")
     commands = {
         "api-server": [airflow, "api-server", "--port", str(stack.airflow_port)],
         "scheduler": [airflow, "scheduler"],
@@ -450,7 +416,7 @@ def wait_healthy(stack: Stack, started: list[str]) -> None:
         for name in started:
             if not running(stack, name):
                 raise died(stack, name)
-        mlflow_ok = "mlflow" not in started or answers(f"{stack.tracking_uri}/health")
+        mlflow_ok = "mlflow" not in started or local_mlflow.healthy(stack.tracking_uri, timeout=5)
         problems = unhealthy(health(stack))
         if mlflow_ok and not problems:
             return
@@ -700,7 +666,7 @@ def trigger(stack: Stack, dag_id: str, conf: dict[str, Any], python: str, *, unp
         return 130
     say("result" if state == "success" else "result (this run failed: the last candidate may be an earlier run's)")
     sys.stdout.flush()
-    subprocess.run([python, "-m", "abalone_pipeline.report"], check=False)
+    subprocess.run([python, "-m", "abalone_pipeline.last_run"], check=False)
     print(f"Airflow run:     {run_url(stack, dag_id, run_id)}  ({state})")
     print_where(stack)
     if state == "success":

@@ -81,7 +81,8 @@ def slice_chart(evaluation: dict[str, Any], decision: dict[str, Any]) -> bytes:
     """A PNG of the candidate's and the champion's RMSE overall and per slice, beside the baselines, and of
     their paired-bootstrap difference with its interval at the policy's confidence level.
 
-    ``evaluation`` as ``results.parse_evaluation`` returns it, ``decision`` as ``Decision.to_dict``. Without a
+    ``evaluation`` as ``abalone_contract.results.parse_evaluation`` returns it, ``decision`` as
+    ``Decision.to_dict``. Without a
     champion (or with one that could not be scored) the chart shows the candidate and the baselines only.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlparse
 
+from abalone_contract.constants import EVAL_SLICES, parse_slices
 from abalone_pipeline.gate import GatePolicy
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -88,14 +89,9 @@ def _hardening(env: Mapping[str, str]) -> Hardening:
     )
 
 
-# What the trainer's --slices accepts (abalone_trainer.cli._slices); checked here so a typo fails the import.
-_SLICE = r"(sex|rings:\d+(,\d+)*)"
-SLICES_PATTERN = rf"none|{_SLICE}(;{_SLICE})*"
-
-
 @dataclass(frozen=True)
 class Hardening:
-    """How trainer containers are confined (README, "Failure modes"); every field is a setting.
+    """How trainer containers are confined (docs/failure-modes.md); every field is a setting.
 
     The defaults work on the DLC and on the stand-in: a non-root user with its HOME on the scratch tmpfs,
     every capability dropped, no privilege escalation, an init process, a read-only root filesystem.
@@ -188,7 +184,7 @@ class Settings:
     # The gate's default policy (see gate.GatePolicy); each run may override any of its keys.
     gate_policy: GatePolicy = field(default_factory=GatePolicy)
     # How the evaluation slices the test rows and how many paired-bootstrap resamples it draws.
-    eval_slices: str = "sex;rings:7,11"
+    eval_slices: str = EVAL_SLICES
     bootstrap_resamples: int = 2000
 
     def __post_init__(self) -> None:
@@ -338,11 +334,13 @@ class Settings:
                 raise ConfigError(
                     f"ABALONE_ALLOWED_SOURCES: {prefix!r} is not a directory, s3://bucket/prefix or https://host/path"
                 )
-        if not re.fullmatch(SLICES_PATTERN, self.eval_slices):
+        try:  # the trainer's --slices parses it the same way; a typo fails here, at import
+            parse_slices(self.eval_slices)
+        except ValueError as exc:
             raise ConfigError(
-                f"ABALONE_EVAL_SLICES={self.eval_slices!r}: use 'sex', 'rings:<increasing upper edges>', "
+                f"ABALONE_EVAL_SLICES={self.eval_slices!r}: {exc}; use 'sex', 'rings:<increasing upper edges>', "
                 "both joined by ';' (e.g. sex;rings:7,11), or 'none'"
-            )
+            ) from None
 
 
 def source_allowed(uri: str, prefixes: tuple[str, ...]) -> bool:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from abalone_contract.constants import TAG_DATASET_ID
 from abalone_pipeline import links, registry
 from abalone_pipeline.config import Settings
 from abalone_pipeline.summary import DRY_RUN, OUTCOMES
@@ -144,7 +145,7 @@ def champion(client, settings: Settings) -> dict[str, Any] | None:
         "alias": settings.champion_alias,
         "version": number,
         "test_rmse": test_rmse,
-        "dataset": tags.get("abalone.dataset_id"),
+        "dataset": tags.get(TAG_DATASET_ID),
         "promoted_at": tags.get(registry.TAG_PROMOTED_AT),
         "decision": tags.get(registry.TAG_DECISION),
         "replaced": tags.get(registry.TAG_PREVIOUS_CHAMPION),

@@ -7,12 +7,13 @@ the network, the clock or the environment.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from abalone_contract.constants import CONFIDENCE_LEVELS
+from abalone_pipeline.numbers import finite, metric
+
 STATISTICAL_RULES = ("reject_significantly_worse", "require_significantly_better", "off")
-CONFIDENCE_LEVELS = (0.8, 0.9, 0.95, 0.99)  # the intervals the trainer's bootstrap reports
 BASELINES = ("mean", "linear")
 
 
@@ -20,47 +21,122 @@ class PolicyError(ValueError):
     """A policy value is out of range or unknown; the message names it."""
 
 
+# What a policy field's JSON schema may say, and so what GatePolicy checks: the form and the policy agree.
+_TYPES = {
+    "number": ("a number", lambda value: isinstance(value, int | float) and not isinstance(value, bool)),
+    "integer": (
+        "a whole number",
+        lambda value: (
+            (isinstance(value, int) and not isinstance(value, bool))
+            or (isinstance(value, float) and value.is_integer())
+        ),
+    ),
+    "string": ("a string", lambda value: isinstance(value, str)),
+    "null": ("null", lambda value: value is None),
+}
+_BOUNDS = {
+    "minimum": (">=", lambda value, bound: value >= bound),
+    "exclusiveMinimum": (">", lambda value, bound: value > bound),
+    "maximum": ("<=", lambda value, bound: value <= bound),
+    "exclusiveMaximum": ("<", lambda value, bound: value < bound),
+}
+
+
+def rule(default: Any, description: str, **schema: Any) -> Any:
+    """A policy field: its default, what it means, and its JSON schema, the one place its bounds are stated."""
+    unchecked = set(schema) - {"type", "enum", *_BOUNDS}
+    if unchecked:
+        raise TypeError(f"GatePolicy does not check the JSON schema keywords {sorted(unchecked)}")
+    return field(default=default, metadata={"schema": {**schema, "description": description}})
+
+
+def violation(value: Any, schema: dict[str, Any]) -> str | None:
+    """What ``value`` breaks in a field's ``schema`` (the keywords ``rule`` accepts), or None."""
+    types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+    if not any(_TYPES[name][1](value) for name in types):
+        return "must be " + " or ".join(_TYPES[name][0] for name in types)
+    if "enum" in schema and value not in schema["enum"]:
+        return f"must be one of {schema['enum']}"
+    if value is None:
+        return None
+    for keyword, (sign, holds) in _BOUNDS.items():
+        if keyword in schema and not holds(value, schema[keyword]):  # NaN holds no bound
+            return f"must be {sign} {schema[keyword]}"
+    return None
+
+
 @dataclass(frozen=True)
 class GatePolicy:
     """What a candidate must show to be promoted. RMSE and its differences are in rings.
 
-    The defaults, and the reason for each, are in the README ("The gate").
+    Each field declares its default, its meaning and its bounds once (``rule``): the policy checks them
+    and the DAG's Params form shows them (``POLICY_SCHEMA``). The reasons for the defaults are in
+    docs/gate.md.
     """
 
-    # Absolute ceiling: above it the candidate is broken, whatever the champion scores.
-    max_rmse: float = 2.5
-    # Required gain over the champion: the larger of the absolute and the relative (fraction) one.
-    # With both at 0 the candidate must still be strictly better: a tie keeps the champion.
-    min_improvement: float = 0.0
-    min_relative_improvement: float = 0.0
-    # No slice (Sex, age band) may get worse than the champion's by more than this.
-    slice_tolerance: float = 0.1
-    # How the paired bootstrap interval of RMSE(candidate) - RMSE(champion) is used.
-    statistical_rule: str = "reject_significantly_worse"
-    confidence: float = 0.95
-    # The candidate must beat each baseline (training mean, least squares) by at least this.
-    baseline_margin: float = 0.02
-    # Not worse than the median of recent runs by more than this (None: rule off) ...
-    prior_runs_tolerance: float | None = 0.1
-    # ... once there are at least this many of them.
-    min_prior_runs: int = 3
+    max_rmse: float = rule(
+        2.5,
+        "Ceiling on the candidate's test RMSE: above it the candidate is broken, whatever the champion scores.",
+        type="number",
+        exclusiveMinimum=0,
+    )
+    min_improvement: float = rule(
+        0.0,
+        "Required gain in test RMSE over the champion. With both gains at 0 the candidate must still be "
+        "strictly better: a tie keeps the champion.",
+        type="number",
+        minimum=0,
+    )
+    min_relative_improvement: float = rule(
+        0.0,
+        "Required gain as a fraction of the champion's RMSE; the larger of the two required gains applies.",
+        type="number",
+        minimum=0,
+        exclusiveMaximum=1,
+    )
+    slice_tolerance: float = rule(
+        0.1,
+        "How much worse than the champion's any one slice (Sex, age band) may get.",
+        type="number",
+        minimum=0,
+    )
+    statistical_rule: str = rule(
+        "reject_significantly_worse",
+        "How the paired bootstrap interval of RMSE(candidate) - RMSE(champion) is used.",
+        type="string",
+        enum=list(STATISTICAL_RULES),
+    )
+    confidence: float = rule(
+        0.95,
+        "The level of that interval: one the trainer's bootstrap reports.",
+        type="number",
+        enum=list(CONFIDENCE_LEVELS),
+    )
+    baseline_margin: float = rule(
+        0.02,
+        "By how much the candidate must beat each baseline (training mean, least squares).",
+        type="number",
+        minimum=0,
+    )
+    prior_runs_tolerance: float | None = rule(
+        0.1,
+        "How much worse than the median of recent runs the candidate may be; null turns the rule off.",
+        type=["number", "null"],
+        minimum=0,
+    )
+    min_prior_runs: int = rule(
+        3,
+        "How many recent runs the prior-runs rule needs before it applies.",
+        type="integer",
+        minimum=1,
+    )
 
     def __post_init__(self) -> None:
-        for name in ("min_improvement", "min_relative_improvement", "slice_tolerance", "baseline_margin"):
-            if not getattr(self, name) >= 0:
-                raise PolicyError(f"gate policy {name} must be >= 0, got {getattr(self, name)}")
-        if not self.max_rmse > 0:
-            raise PolicyError(f"gate policy max_rmse must be > 0, got {self.max_rmse}")
-        if not self.min_relative_improvement < 1:
-            raise PolicyError(f"gate policy min_relative_improvement must be < 1, got {self.min_relative_improvement}")
-        if self.statistical_rule not in STATISTICAL_RULES:
-            raise PolicyError(f"gate policy statistical_rule must be one of {STATISTICAL_RULES}")
-        if self.confidence not in CONFIDENCE_LEVELS:
-            raise PolicyError(f"gate policy confidence must be one of {CONFIDENCE_LEVELS}, got {self.confidence}")
-        if self.prior_runs_tolerance is not None and not self.prior_runs_tolerance >= 0:
-            raise PolicyError(f"gate policy prior_runs_tolerance must be >= 0 or null, got {self.prior_runs_tolerance}")
-        if self.min_prior_runs < 1:
-            raise PolicyError(f"gate policy min_prior_runs must be >= 1, got {self.min_prior_runs}")
+        for policy_field in fields(self):
+            value = getattr(self, policy_field.name)
+            problem = violation(value, policy_field.metadata["schema"])
+            if problem:
+                raise PolicyError(f"gate policy {policy_field.name} {problem}, got {value!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], defaults: GatePolicy | None = None) -> GatePolicy:
@@ -75,21 +151,11 @@ class GatePolicy:
         return asdict(self)
 
 
-# The JSON schema of the policy, for the DAG's Params form: the form refuses what the policy refuses.
+# The JSON schema of the policy, for the DAG's Params form, derived from the fields' declarations.
 POLICY_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
-    "properties": {
-        "max_rmse": {"type": "number", "exclusiveMinimum": 0},
-        "min_improvement": {"type": "number", "minimum": 0},
-        "min_relative_improvement": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
-        "slice_tolerance": {"type": "number", "minimum": 0},
-        "statistical_rule": {"type": "string", "enum": list(STATISTICAL_RULES)},
-        "confidence": {"type": "number", "enum": list(CONFIDENCE_LEVELS)},
-        "baseline_margin": {"type": "number", "minimum": 0},
-        "prior_runs_tolerance": {"type": ["number", "null"], "minimum": 0},
-        "min_prior_runs": {"type": "integer", "minimum": 1},
-    },
+    "properties": {policy_field.name: dict(policy_field.metadata["schema"]) for policy_field in fields(GatePolicy)},
 }
 
 
@@ -162,34 +228,22 @@ class Decision:
         return data
 
 
-def _finite(*values: Any) -> bool:
-    return all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values)
-
-
-def _f(value: float | None) -> str:
-    return f"{value:.4f}" if _finite(value) else "n/a"
-
-
-def _s(value: float | None) -> str:
-    """Signed, for differences: negative favours the candidate."""
-    return f"{value:+.4f}" if _finite(value) else "n/a"
-
-
 def _baseline_checks(rmse: float, baselines: dict[str, Any], policy: GatePolicy) -> list[Check]:
     checks = []
     for name in BASELINES:
         baseline = (baselines.get(name) or {}).get("test_rmse")
-        if not _finite(baseline):
+        if not finite(baseline):
             checks.append(Check(f"baseline:{name}", False, f"the {name} baseline has no finite test_rmse ({baseline})"))
             continue
         limit = baseline - policy.baseline_margin
-        passed = _finite(rmse) and rmse <= limit
+        passed = finite(rmse) and rmse <= limit
         checks.append(
             Check(
                 f"baseline:{name}",
                 passed,
-                f"test_rmse {_f(rmse)} {'beats' if passed else 'does not beat'} the {name} baseline {_f(baseline)} "
-                f"by the margin {_f(policy.baseline_margin)}",
+                f"test_rmse {metric(rmse)} {'beats' if passed else 'does not beat'} the {name} baseline "
+                f"{metric(baseline)} "
+                f"by the margin {metric(policy.baseline_margin)}",
                 rmse,
                 limit,
             )
@@ -202,7 +256,7 @@ def _champion_checks(
 ) -> list[Check]:
     version = champion["version"]
     champion_rmse = (champion.get("metrics") or {}).get("test_rmse")
-    if champion.get("error") or comparison is None or not _finite(champion_rmse):
+    if champion.get("error") or comparison is None or not finite(champion_rmse):
         why = champion.get("error") or f"its test_rmse is {champion_rmse}"
         return [
             Check(
@@ -214,25 +268,34 @@ def _champion_checks(
         ]
     checks = []
     required = max(policy.min_improvement, policy.min_relative_improvement * champion_rmse)
-    gain = champion_rmse - rmse if _finite(rmse) else None
+    gain = champion_rmse - rmse if finite(rmse) else None
     passed = gain is not None and gain > 0 and gain >= required
     if gain is None:
-        detail = f"the candidate has no finite test_rmse to compare with champion v{version} {_f(champion_rmse)}"
+        detail = f"the candidate has no finite test_rmse to compare with champion v{version} {metric(champion_rmse)}"
     elif gain > 0:
-        detail = f"test_rmse {_f(rmse)} is better than champion v{version} {_f(champion_rmse)} by {_f(gain)}"
+        detail = (
+            f"test_rmse {metric(rmse)} is better than champion v{version} {metric(champion_rmse)} by {metric(gain)}"
+        )
     elif gain == 0:
-        detail = f"test_rmse {_f(rmse)} ties champion v{version}: a tie keeps the champion"
+        detail = f"test_rmse {metric(rmse)} ties champion v{version}: a tie keeps the champion"
     else:
-        detail = f"test_rmse {_f(rmse)} is worse than champion v{version} {_f(champion_rmse)} by {_f(-gain)}"
-    checks.append(Check("improvement", passed, f"{detail} (required: better, by >= {_f(required)})", gain, required))
+        detail = (
+            f"test_rmse {metric(rmse)} is worse than champion v{version} {metric(champion_rmse)} by {metric(-gain)}"
+        )
+    checks.append(
+        Check("improvement", passed, f"{detail} (required: better, by >= {metric(required)})", gain, required)
+    )
 
     overall = comparison["overall"]
     level = str(policy.confidence)
     low, high = overall["intervals"].get(level, (None, None))
-    interval = f"RMSE difference {_s(overall['rmse_diff'])}, {policy.confidence:.0%} interval [{_s(low)}, {_s(high)}]"
+    interval = (
+        f"RMSE difference {metric(overall['rmse_diff'], signed=True)}, {policy.confidence:.0%} interval "
+        f"[{metric(low, signed=True)}, {metric(high, signed=True)}]"
+    )
     if policy.statistical_rule == "off":
         checks.append(Check("significance", True, f"{interval}; statistical rule off", applied=False))
-    elif not _finite(low, high):
+    elif not finite(low, high):
         checks.append(Check("significance", False, f"no finite {level} interval in the evaluation ({interval})"))
     elif policy.statistical_rule == "reject_significantly_worse":
         worse = low > 0
@@ -260,13 +323,14 @@ def _champion_checks(
     for name, slice_comparison in sorted(comparison["slices"].items()):
         diff = slice_comparison["rmse_diff"]
         low, high = slice_comparison["intervals"].get(level, (None, None))
-        passed = _finite(diff) and diff <= policy.slice_tolerance
+        passed = finite(diff) and diff <= policy.slice_tolerance
         checks.append(
             Check(
                 f"slice:{name}",
                 passed,
-                f"{name}: RMSE difference {_s(diff)} [{_s(low)}, {_s(high)}] "
-                f"{'within' if passed else 'beyond'} the slice tolerance {_f(policy.slice_tolerance)}",
+                f"{name}: RMSE difference {metric(diff, signed=True)} "
+                f"[{metric(low, signed=True)}, {metric(high, signed=True)}] "
+                f"{'within' if passed else 'beyond'} the slice tolerance {metric(policy.slice_tolerance)}",
                 diff,
                 policy.slice_tolerance,
             )
@@ -282,15 +346,16 @@ def _prior_runs_check(rmse: float, prior: dict[str, Any], policy: GatePolicy) ->
         return Check(
             "prior_runs", True, f"{count} prior runs (< {policy.min_prior_runs}): rule not applied", applied=False
         )
-    if not _finite(median):
+    if not finite(median):
         return Check("prior_runs", False, f"the median test_rmse of {count} prior runs is not a finite number")
     limit = median + policy.prior_runs_tolerance
-    passed = _finite(rmse) and rmse <= limit
+    passed = finite(rmse) and rmse <= limit
     return Check(
         "prior_runs",
         passed,
-        f"test_rmse {_f(rmse)} is {'within' if passed else 'beyond'} the median {_f(median)} of {count} recent runs "
-        f"({prior.get('basis')}) + {_f(policy.prior_runs_tolerance)}",
+        f"test_rmse {metric(rmse)} is {'within' if passed else 'beyond'} the median {metric(median)} "
+        f"of {count} recent runs "
+        f"({prior.get('basis')}) + {metric(policy.prior_runs_tolerance)}",
         rmse,
         limit,
     )
@@ -303,7 +368,7 @@ def _ceiling_check(rmse: float | None, policy: GatePolicy) -> Check:
     return Check(
         "ceiling",
         passed,
-        f"test_rmse {_f(rmse)} {'is within' if passed else 'exceeds'} the ceiling {_f(policy.max_rmse)}",
+        f"test_rmse {metric(rmse)} {'is within' if passed else 'exceeds'} the ceiling {metric(policy.max_rmse)}",
         rmse,
         policy.max_rmse,
     )
@@ -316,24 +381,28 @@ def decide(
     force_reason: str | None = None,
     forced_by: str | None = None,
 ) -> Decision:
-    """Judge the candidate in ``evaluation`` (see ``results.parse_evaluation``) by ``policy``.
+    """Decide on the candidate in ``evaluation`` (see ``abalone_contract.results.parse_evaluation``) by ``policy``.
 
     Without a champion (the first run) the ceiling, the baselines and, once there are enough, the prior
     runs decide. A champion that exists but cannot be scored blocks promotion. ``force_reason`` promotes
     whatever the rules say, except a candidate whose own metrics are not finite: that model cannot serve.
     """
     metrics = evaluation["candidate"]["metrics"]
-    rmse = metrics.get("test_rmse") if _finite(metrics.get("test_rmse")) else None
+    rmse = metrics.get("test_rmse") if finite(metrics.get("test_rmse")) else None
+    # An evaluation parsed before the trainer's count was carried through has none: 0.
     non_finite = evaluation["candidate"].get("non_finite_predictions", 0)
-    finite = _finite(*metrics.values()) and rmse is not None and not non_finite
+    scorable = finite(*metrics.values()) and rmse is not None and not non_finite
+    if scorable:
+        finite_reason = "the candidate's test metrics are finite"
+    elif non_finite:
+        finite_reason = (
+            f"the candidate predicts non-finite values for {non_finite} of {evaluation['test_rows']} test rows; "
+            "it cannot serve"
+        )
+    else:
+        finite_reason = f"the candidate's test metrics are missing or not finite ({metrics}); it cannot be scored"
     checks = [
-        Check(
-            "metrics_finite",
-            finite,
-            "the candidate's test metrics are finite"
-            if finite
-            else f"the candidate's test metrics are missing or not finite ({metrics}); it cannot be scored",
-        ),
+        Check("metrics_finite", scorable, finite_reason),
         _ceiling_check(rmse, policy),
         *_baseline_checks(rmse, evaluation.get("baselines") or {}, policy),
     ]
@@ -348,7 +417,7 @@ def decide(
     passed = all(check.passed for check in checks)
     champion_rmse = ((champion or {}).get("metrics") or {}).get("test_rmse")
     return Decision(
-        promote=finite if forced else passed,
+        promote=scorable if forced else passed,
         checks=tuple(checks),
         candidate_rmse=rmse,
         champion_rmse=champion_rmse,

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from abalone_pipeline.gate import Decision
-
-
-def _f(value: Any, signed: bool = False) -> str:
-    if not isinstance(value, int | float) or (isinstance(value, float) and not math.isfinite(value)):
-        return "n/a" if value is None else str(value)
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+from abalone_pipeline.numbers import metric
 
 
 def _interval(comparison: dict[str, Any] | None, level: str) -> str:
     if not comparison:
         return "n/a"
     low, high = comparison["intervals"].get(level, (None, None))
-    return f"[{_f(low, True)}, {_f(high, True)}]"
+    return f"[{metric(low, signed=True)}, {metric(high, signed=True)}]"
 
 
 def render(decision: Decision, evaluation: dict[str, Any], context: dict[str, str] | None = None) -> str:
@@ -51,7 +45,7 @@ def render(decision: Decision, evaluation: dict[str, Any], context: dict[str, st
         if not check.applied:
             result = "n/a"
         lines.append(
-            f"| {check.rule} | {result} | {_f(check.observed)} | {_f(check.threshold)} | "
+            f"| {check.rule} | {result} | {metric(check.observed)} | {metric(check.threshold)} | "
             f"{check.detail.replace('|', '/')} |"
         )
     lines += [
@@ -64,26 +58,29 @@ def render(decision: Decision, evaluation: dict[str, Any], context: dict[str, st
     champion_metrics = (champion or {}).get("metrics") or {}
     overall = comparison.get("overall")
     lines.append(
-        f"| all | {evaluation['test_rows']} | {_f(candidate['metrics'].get('test_rmse'))} | "
-        f"{_f(champion_metrics.get('test_rmse'))} | {_f(overall and overall['rmse_diff'], True)} | "
+        f"| all | {evaluation['test_rows']} | {metric(candidate['metrics'].get('test_rmse'))} | "
+        f"{metric(champion_metrics.get('test_rmse'))} | {metric(overall and overall['rmse_diff'], signed=True)} | "
         f"{_interval(overall, level)} |"
     )
     for name, metrics in candidate.get("slices", {}).items():
         champion_slice = ((champion or {}).get("slices") or {}).get(name, {})
         slice_comparison = comparison.get("slices", {}).get(name)
         lines.append(
-            f"| {name} | {metrics.get('rows', '')} | {_f(metrics.get('rmse'))} | {_f(champion_slice.get('rmse'))} | "
-            f"{_f(slice_comparison and slice_comparison['rmse_diff'], True)} | "
+            f"| {name} | {metrics.get('rows', '')} | {metric(metrics.get('rmse'))} | "
+            f"{metric(champion_slice.get('rmse'))} | "
+            f"{metric(slice_comparison and slice_comparison['rmse_diff'], signed=True)} | "
             f"{_interval(slice_comparison, level)} |"
         )
     lines += ["", "## Baselines and history", "", "| reference | test RMSE |", "|---|---|"]
-    lines.append(f"| candidate | {_f(candidate['metrics'].get('test_rmse'))} |")
+    lines.append(f"| candidate | {metric(candidate['metrics'].get('test_rmse'))} |")
     for name, metrics in evaluation.get("baselines", {}).items():
-        lines.append(f"| {name} baseline (fitted on the training rows) | {_f(metrics.get('test_rmse'))} |")
+        lines.append(f"| {name} baseline (fitted on the training rows) | {metric(metrics.get('test_rmse'))} |")
     prior = evaluation.get("prior_runs") or {}
     if prior.get("count"):
-        lines.append(f"| median of {prior['count']} recent runs ({prior['basis']}) | {_f(prior['median_test_rmse'])} |")
-        lines.append(f"| best of those runs | {_f(prior.get('best_test_rmse'))} |")
+        lines.append(
+            f"| median of {prior['count']} recent runs ({prior['basis']}) | {metric(prior['median_test_rmse'])} |"
+        )
+        lines.append(f"| best of those runs | {metric(prior.get('best_test_rmse'))} |")
     if champion and champion.get("error"):
         lines += ["", f"Champion v{champion['version']} could not be scored: `{champion['error']}`"]
     lines += ["", "## Policy", "", "```json", json.dumps(decision.policy, indent=2, sort_keys=True), "```", ""]

@@ -9,8 +9,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from abalone_contract.tracking import mlflow_client
 from abalone_pipeline.config import Settings
-from abalone_pipeline.registry import current_version, history, mlflow_client
+from abalone_pipeline.registry import current_version, history
 
 COLUMNS = ("when", "event", "version", "replaced", "airflow_run", "mlflow_run", "dataset", "by", "why")
 

@@ -1,4 +1,4 @@
-"""A minimal object store over a local directory or S3, with create-only, verified writes; streaming sources.
+"""A minimal object store over a local directory or S3, with create-only, verified writes.
 
 Writes never leave a half-written object: a local write goes to a temporary file that is hard-linked into
 place; an S3 PUT is atomic and a multipart upload is invisible until it is completed. Writes are
@@ -10,14 +10,12 @@ verified after the fact against the SHA-256 the writer computed.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -38,17 +36,10 @@ class MissingObject(PermanentError):
     """The object does not exist or access to it is denied."""
 
 
-class SourceTooLarge(PermanentError):
-    """The source is larger than the configured maximum; it is refused before it is downloaded."""
-
-
 class ContentMismatch(PermanentError):
     """An object exists with other content than expected: written by hand, or changed after it was written."""
 
 
-# HTTP statuses of a source that no retry can fix; others (5xx, 429) are retried.
-PERMANENT_HTTP_STATUSES = frozenset({400, 401, 403, 404, 410})
-HTTP_CHUNK = 1 << 20
 # Files up to this size go up in one PUT; larger ones in parts of this size, a few at a time.
 PART_SIZE = 8 << 20
 UPLOAD_THREADS = 4
@@ -59,7 +50,7 @@ HASH_CHUNK = 8 << 20
 PERMANENT_S3_ERRORS = frozenset({"NoSuchKey", "NoSuchBucket", "404", "403", "AccessDenied"})
 
 
-def _s3_error(exc: Exception, action: str, uri: str) -> ObjectStoreError:
+def s3_error(exc: Exception, action: str, uri: str) -> ObjectStoreError:
     code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
     kind = MissingObject if code in PERMANENT_S3_ERRORS else ObjectStoreError
     return kind(f"cannot {action} {uri}: {exc}")
@@ -230,7 +221,7 @@ class S3Store(ObjectStore):
         try:
             return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
         except Exception as exc:
-            raise _s3_error(exc, "read", self.uri(key)) from exc
+            raise s3_error(exc, "read", self.uri(key)) from exc
 
     def exists(self, key: str) -> bool:
         from botocore.exceptions import ClientError
@@ -240,7 +231,7 @@ class S3Store(ObjectStore):
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return False
-            raise _s3_error(exc, "check", self.uri(key)) from exc
+            raise s3_error(exc, "check", self.uri(key)) from exc
         except Exception as exc:  # the endpoint unreachable, a timeout: worth a retry
             raise ObjectStoreError(f"cannot check {self.uri(key)}: {exc}") from exc
         return True
@@ -254,7 +245,7 @@ class S3Store(ObjectStore):
         except Exception as exc:
             if _s3_code(exc) in EXISTS_CODES:
                 return False
-            raise _s3_error(exc, "write", self.uri(key)) from exc
+            raise s3_error(exc, "write", self.uri(key)) from exc
         self.verify(key, digest.hex(), len(data), checksum=_b64(digest))
         return True
 
@@ -262,7 +253,7 @@ class S3Store(ObjectStore):
         try:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except Exception as exc:
-            raise _s3_error(exc, "write", self.uri(key)) from exc
+            raise s3_error(exc, "write", self.uri(key)) from exc
 
     def put_file(self, key: str, path: Path, sha256: str) -> Put:
         size = path.stat().st_size
@@ -277,7 +268,7 @@ class S3Store(ObjectStore):
         except ObjectStoreError:
             raise
         except Exception as exc:
-            raise _s3_error(exc, "write", self.uri(key)) from exc
+            raise s3_error(exc, "write", self.uri(key)) from exc
         if written:
             self.verify(key, sha256, size, checksum=checksum)
         else:
@@ -369,7 +360,7 @@ class S3Store(ObjectStore):
         try:
             return self.client.head_object(Bucket=self.bucket, Key=self._key(key), ChecksumMode="ENABLED")
         except Exception as exc:
-            raise _s3_error(exc, "check", self.uri(key)) from exc
+            raise s3_error(exc, "check", self.uri(key)) from exc
 
     def verify(self, key: str, sha256: str, size: int, *, reread: bool = True, checksum: str | None = None) -> None:
         head = self._head(key)
@@ -391,7 +382,7 @@ class S3Store(ObjectStore):
             for chunk in body.iter_chunks(HASH_CHUNK):
                 digest.update(chunk)
         except Exception as exc:
-            raise _s3_error(exc, "read", self.uri(key)) from exc
+            raise s3_error(exc, "read", self.uri(key)) from exc
         if digest.hexdigest() != sha256:
             raise ContentMismatch(f"{self.uri(key)} has sha256 {digest.hexdigest()}, expected {sha256}")
 
@@ -412,103 +403,3 @@ def open_store(uri: str, s3_client_factory=None) -> ObjectStore:
             s3_client_factory = lambda: boto3.client("s3")  # ruff: ignore[lambda-assignment]
         return S3Store(parsed.netloc, parsed.path, s3_client_factory())
     raise ObjectStoreError(f"unsupported object store {uri!r}: use s3://bucket/prefix or file:///dir")
-
-
-def _refuse_if_larger(uri: str, size: int | None, max_bytes: int | None) -> None:
-    if max_bytes is not None and size is not None and size > max_bytes:
-        raise SourceTooLarge(
-            f"source {uri} is {size:,} bytes, more than the maximum {max_bytes:,} (ABALONE_MAX_SOURCE_BYTES)"
-        )
-
-
-class Source:
-    """An open source: its size when known up front, and its bytes as an iterator of chunks."""
-
-    def __init__(self, uri: str, size: int | None, chunks: Iterator[bytes], max_bytes: int | None) -> None:
-        self.uri = uri
-        self.size = size
-        self._chunks = chunks
-        self._max_bytes = max_bytes
-        self.bytes_read = 0
-
-    def __iter__(self) -> Iterator[bytes]:
-        for chunk in self._chunks:
-            self.bytes_read += len(chunk)
-            _refuse_if_larger(self.uri, self.bytes_read, self._max_bytes)  # a server may understate the size
-            yield chunk
-
-
-def _guarded(chunks: Iterator[bytes], uri: str, errors: tuple[type[BaseException], ...]) -> Iterator[bytes]:
-    """Chunks of a network stream; a broken connection mid-read is a (retryable) ObjectStoreError."""
-    try:
-        yield from chunks
-    except errors as exc:
-        raise ObjectStoreError(f"reading {uri} failed: {exc}") from exc
-
-
-@contextlib.contextmanager
-def open_source(
-    uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60
-) -> Generator[Source]:
-    """Open a source named by a local path, ``file://``, ``s3://`` or ``http(s)://`` URI, to stream it.
-
-    A source larger than ``max_bytes`` is refused before its body is read where the size is known up
-    front (a file's size, S3's ContentLength, an HTTP Content-Length), and otherwise once it exceeds it.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme in ("", "file"):
-        path = Path(unquote(parsed.path) if parsed.scheme else uri)
-        if not path.is_file():
-            raise MissingObject(f"source {uri} does not exist or is not a file")
-        size = path.stat().st_size
-        _refuse_if_larger(uri, size, max_bytes)
-        with path.open("rb") as handle:
-            yield Source(uri, size, iter(lambda: handle.read(HTTP_CHUNK), b""), max_bytes)
-        return
-    if parsed.scheme == "s3":
-        from botocore.exceptions import BotoCoreError
-
-        client = open_store(f"s3://{parsed.netloc}", s3_client_factory).client
-        try:
-            response = client.get_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"))
-        except Exception as exc:
-            raise _s3_error(exc, "read", uri) from exc
-        size = int(response["ContentLength"])
-        body = response["Body"]
-        try:
-            _refuse_if_larger(uri, size, max_bytes)
-            yield Source(uri, size, _guarded(body.iter_chunks(HTTP_CHUNK), uri, (BotoCoreError, OSError)), max_bytes)
-        finally:
-            body.close()
-        return
-    if parsed.scheme in ("http", "https"):
-        import requests
-
-        try:
-            # Redirects are not followed: the allowlist (ABALONE_ALLOWED_SOURCES) vouches for this URL only.
-            response = requests.get(uri, stream=True, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            raise ObjectStoreError(f"cannot read {uri}: {exc}") from exc
-        with response:
-            if response.is_redirect:
-                raise MissingObject(
-                    f"source {uri} redirects (HTTP {response.status_code}) to {response.headers.get('Location')}; "
-                    "redirects are not followed: use the final URL"
-                )
-            if response.status_code in PERMANENT_HTTP_STATUSES:
-                raise MissingObject(f"source {uri} answered HTTP {response.status_code} {response.reason}")
-            if response.status_code >= 400:
-                raise ObjectStoreError(f"source {uri} answered HTTP {response.status_code} {response.reason}")
-            length = response.headers.get("Content-Length")
-            size = int(length) if length and length.isdigit() else None
-            _refuse_if_larger(uri, size, max_bytes)
-            chunks = _guarded(response.iter_content(HTTP_CHUNK), uri, (requests.RequestException,))
-            yield Source(uri, size, chunks, max_bytes)
-        return
-    raise MissingObject(f"unsupported source {uri!r}: use a path, file://, s3:// or https://")
-
-
-def read_source(uri: str, s3_client_factory=None, max_bytes: int | None = None, timeout: float = 60) -> bytes:
-    """All bytes of a (small) source; see ``open_source``."""
-    with open_source(uri, s3_client_factory, max_bytes, timeout) as source:
-        return b"".join(source)

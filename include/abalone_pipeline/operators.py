@@ -15,9 +15,10 @@ from airflow.sdk.exceptions import AirflowException, AirflowFailException, Airfl
 from docker.errors import DockerException
 from docker.types import DeviceRequest, Mount
 
+from abalone_contract.constants import BAD_INPUT_PREFIX, ERROR_MARKER, RESULT_MARKER, SUPERSEDED_PREFIX
+from abalone_contract.results import extract
 from abalone_pipeline.config import Hardening
 from abalone_pipeline.links import MlflowRunLink
-from abalone_pipeline.results import ERROR_MARKER, RESULT_MARKER, extract
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,6 @@ PASSTHROUGH_SECRETS = (
     "MLFLOW_TRACKING_PASSWORD",
     "MLFLOW_TRACKING_TOKEN",
 )
-# The trainer starts its error line with this when retrying cannot help (see abalone_trainer.cli).
-BAD_INPUT_PREFIX = "bad input:"
-SUPERSEDED_PREFIX = "superseded:"
 
 # Every trainer container carries these labels: how a try finds its predecessors' containers (whatever
 # their names), and how the DAG run's cleanup finds what is left of the run.

@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from abalone_contract.constants import TAG_DATASET_ID
+from abalone_contract.tracking import alias_version
 from abalone_pipeline.gate import Decision
 
 log = logging.getLogger(__name__)
@@ -46,24 +48,6 @@ class RollbackError(RuntimeError):
     """The rollback has no target, or its target does not exist."""
 
 
-def mlflow_client(tracking_uri: str):
-    """An ``MlflowClient`` for ``tracking_uri``: an http(s) URL or a SageMaker MLflow ARN.
-
-    sagemaker-mlflow takes the SigV4 region and its routing header from the process-wide
-    ``mlflow.get_tracking_uri()``, not from the client's URI, so the URI is set globally too; without it
-    every request to an ARN fails inside the plugin (IndexError in its host metadata provider).
-    """
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    if not tracking_uri.startswith("arn:"):
-        # The plugin's header provider assumes an ARN and warns on every request to an http(s) server.
-        logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
 def _error_code(exc: Exception) -> str:
     return getattr(exc, "error_code", "")
 
@@ -78,14 +62,8 @@ def _epoch_ms(iso: str) -> int:
 
 def current_version(client, model_name: str, alias: str) -> str | None:
     """The version ``alias`` points at, or None if the model or alias does not exist."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return str(client.get_model_version_by_alias(model_name, alias).version)
-    except MlflowException as exc:
-        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            return None
-        raise
+    version = alias_version(client, model_name, alias)
+    return None if version is None else str(version.version)
 
 
 def ensure_registered_model(client, model_name: str, description: str) -> None:
@@ -348,7 +326,7 @@ def history(client, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
                 "replaced": tags.get(TAG_PREVIOUS_CHAMPION),
                 "airflow_run": tags.get(TAG_AIRFLOW_RUN),
                 "mlflow_run": version.run_id,
-                "dataset": tags.get("abalone.dataset_id"),
+                "dataset": tags.get(TAG_DATASET_ID),
                 "by": tags.get(TAG_FORCED_BY) or tags.get("airflow.triggered_by"),
                 "why": tags.get(TAG_FORCE_REASON) or tags.get(TAG_REASONS, ""),
             }

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from abalone_contract.constants import SPLITS
 from abalone_pipeline.drift import Moments
 from abalone_pipeline.objectstore import ContentMismatch, ObjectStore, file_sha256
 from abalone_pipeline.validation import (
     COLUMNS,
     DEFAULT_POLICY,
     FileState,
-    StagingError,
+    SourceRejected,
     ValidationPolicy,
     check_encoding,
     check_fraction,
@@ -53,7 +54,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["COLUMNS", "SPLITS", "SplitSpec", "StagedDataset", "StagingError", "row_keys", "split_of", "stage"]
 
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.csv"
 DATASET_PREFIX = "datasets/abalone"
@@ -67,6 +67,11 @@ BLOCK_BYTES = 8 << 20
 PARTITION_BYTES = 8 << 20
 MAX_PARTITIONS = 512
 PROGRESS_BYTES = 128 << 20
+
+
+class StagingError(ValueError):
+    """Staging cannot go on and a retry will not help: the source is refused (a ``SourceRejected`` from
+    validation is then its cause), or the store holds objects that staging did not write."""
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,7 @@ def _take_header(block: bytes, first_line: int, state: FileState) -> tuple[bytes
                 fields = [value.strip() for value in next(csv.reader([raw]))]
             except csv.Error as exc:
                 raise StagingError(f"{state.source_uri} line {first_line} is not CSV: {exc}") from exc
-            if check_header(fields, state.source_uri):
+            if check_header(fields, state.source_uri, first_line):
                 state.note("a header row was read and checked")
                 return block[end + 1 :], first_line + 1, True
             return block[offset:], first_line, True
@@ -591,12 +596,27 @@ def stage(
     size: int | None = None,
     workdir: str | Path | None = None,
 ) -> StagedDataset:
-    """Validate ``source`` (bytes, or chunks of bytes such as an ``objectstore.Source``) and stage it.
+    """Validate ``source`` (bytes, or chunks of bytes such as a ``sources.Source``) and stage it.
 
     ``size`` (or the source's own ``size``) sizes the partitions; ``workdir`` holds the spool, about
     twice the source's size, and is removed afterwards. A dataset already staged is left as it is,
     after checking its objects still match its manifest. Nothing is written if the source is refused.
     """
+    try:
+        return _stage(source, source_uri, store, spec, policy, size, workdir)
+    except SourceRejected as exc:
+        raise StagingError(str(exc)) from exc  # callers handle one error for staging as a whole
+
+
+def _stage(
+    source: bytes | Iterable[bytes],
+    source_uri: str,
+    store: ObjectStore,
+    spec: SplitSpec,
+    policy: ValidationPolicy,
+    size: int | None,
+    workdir: str | Path | None,
+) -> StagedDataset:
     chunks = [source] if isinstance(source, bytes) else source
     size = len(source) if isinstance(source, bytes) else size if size is not None else getattr(source, "size", None)
     started = time.monotonic()

@@ -7,8 +7,9 @@ without MLflow or Airflow. The summary is the ``summarize`` task's XCom and its 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
+
+from abalone_pipeline.numbers import metric
 
 PROMOTED, FORCED, REJECTED, DRY_RUN = "promoted", "forced", "rejected", "dry_run"
 OUTCOMES = (PROMOTED, FORCED, REJECTED, DRY_RUN)
@@ -23,15 +24,11 @@ def outcome_of(decision: dict[str, Any], *, dry_run: bool) -> str:
     return REJECTED
 
 
-def _rmse(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "n/a"
-
-
 def headline(outcome: str, decision: dict[str, Any], version: str | None = None) -> str:
     """One line, e.g. ``promoted v4: test RMSE 1.9900 vs v3 2.0200``."""
     champion = decision.get("champion_version")
-    scores = f"test RMSE {_rmse(decision.get('candidate_rmse'))}" + (
-        f" vs v{champion} {_rmse(decision.get('champion_rmse'))}" if champion else " (no champion yet)"
+    scores = f"test RMSE {metric(decision.get('candidate_rmse'))}" + (
+        f" vs v{champion} {metric(decision.get('champion_rmse'))}" if champion else " (no champion yet)"
     )
     failed = [check["rule"] for check in decision.get("checks", ()) if not check["passed"]]
     if outcome == DRY_RUN:

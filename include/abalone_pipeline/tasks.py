@@ -38,7 +38,7 @@ def dataset_drift(settings: Settings, staged: dict[str, Any], previous_uri: str 
     import json
 
     from abalone_pipeline.drift import DriftThresholds, compare
-    from abalone_pipeline.objectstore import read_source
+    from abalone_pipeline.sources import read_source
 
     if previous_uri is None or previous_uri == staged["manifest_uri"]:
         reason = "no earlier staged dataset" if previous_uri is None else "the same dataset as the previous run"
@@ -64,7 +64,8 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
     """Read ``source_uri``, validate and split it, and stage it in the configured object store."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from abalone_pipeline.objectstore import PermanentError, open_source, open_store
+    from abalone_pipeline.objectstore import PermanentError, open_store
+    from abalone_pipeline.sources import open_source
     from abalone_pipeline.staging import StagingError, stage
     from abalone_pipeline.validation import ValidationPolicy
 
@@ -107,13 +108,19 @@ def policy_for_run(settings: Settings, params: dict[str, Any]) -> GatePolicy:
         raise AirflowFailException(f"invalid gate policy for this run: {exc}") from exc
 
 
-def check_run_options(settings: Settings, params: dict[str, Any]) -> None:
-    """Refuse contradictory run options before anything is staged or trained."""
+def check_run_options(settings: Settings, params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a run option that is not allowed or contradicts another, before anything is staged or trained.
+
+    Returns what the later tasks act on, resolved once: the source to stage, the tolerated share of bad rows,
+    the run's gate policy (the configured one with the ``gate`` Param's overrides), whether it is a dry run,
+    and the reason for forcing (None unless forced).
+    """
     from airflow.sdk.exceptions import AirflowFailException
 
     from abalone_pipeline.config import source_allowed
 
-    if params.get("force_promote") and not str(params.get("force_reason") or "").strip():
+    force_reason = str(params.get("force_reason") or "").strip() if params.get("force_promote") else None
+    if force_reason == "":
         raise AirflowFailException("force_promote needs a force_reason: it is recorded on the promoted version")
     source = str(params.get("source_uri") or settings.source_uri)
     if not source_allowed(source, settings.source_prefixes):
@@ -122,7 +129,15 @@ def check_run_options(settings: Settings, params: dict[str, Any]) -> None:
             f"source {source} is not allowed: sources must lie under one of {', '.join(settings.source_prefixes)} "
             "(ABALONE_ALLOWED_SOURCES)"
         )
-    policy_for_run(settings, params)
+    options = {
+        "source_uri": source,
+        "max_quarantine_fraction": float(params.get("max_quarantine_fraction", settings.max_quarantine_fraction)),
+        "gate_policy": policy_for_run(settings, params).to_dict(),
+        "dry_run": bool(params.get("dry_run")),
+        "force_reason": force_reason,
+    }
+    log.info("run options: %s", options)
+    return options
 
 
 def triggered_by(dag_run) -> str:
@@ -131,14 +146,15 @@ def triggered_by(dag_run) -> str:
     return getattr(dag_run, "triggering_user_name", None) or f"airflow ({run_type})"
 
 
-def judge(settings: Settings, evaluation: dict[str, Any], params: dict[str, Any], dag_run) -> dict[str, Any]:
-    """Apply this run's gate policy to the evaluation and log every rule's finding."""
-    forced = bool(params.get("force_promote"))
+def gate_candidate(evaluation: dict[str, Any], options: dict[str, Any], dag_run) -> dict[str, Any]:
+    """Pass the candidate through the gate: the run's policy and forcing (``options``, as ``check_run_options``
+    resolved them) applied to the evaluation by ``gate.decide``; every rule's finding is logged."""
+    force_reason = options["force_reason"]
     decision = decide(
         evaluation,
-        policy_for_run(settings, params),
-        force_reason=str(params.get("force_reason") or "").strip() if forced else None,
-        forced_by=triggered_by(dag_run) if forced else None,
+        GatePolicy(**options["gate_policy"]),
+        force_reason=force_reason,
+        forced_by=triggered_by(dag_run) if force_reason else None,
     )
     log.info("gate decision: %s", decision.summary())
     for check in decision.checks:
@@ -193,7 +209,7 @@ def record_decision(
     decision: dict[str, Any],
     evaluation: dict[str, Any],
     staged: dict[str, Any],
-    params: dict[str, Any],
+    dry_run: bool,
     dag_run,
     try_number: int,
 ) -> dict[str, Any]:
@@ -204,25 +220,26 @@ def record_decision(
     for a rejection or a dry run the outcome itself. A promotion's outcome is written by ``promote`` once
     the alias has moved. A candidate already decided (a cleared and re-run DAG run) keeps its decision.
     """
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import links, registry
     from abalone_pipeline.gate_report import render
     from abalone_pipeline.summary import DRY_RUN, REJECTED, outcome_of
 
     run_id = candidate["run_id"]
-    client = registry.mlflow_client(settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     run = client.get_run(run_id)
     recorded = run.data.tags.get(registry.TAG_DECISION)
     if recorded:
-        # Judged again, it would be compared with itself if it is the champion now: the night's decision is
+        # Gated again, it would be compared with itself if it is the champion now: the night's decision is
         # the one on record, and its report says why.
         log.info("candidate run %s was already decided (%s); keeping that decision", run_id, recorded)
         try:
             stored = registry.recorded_decision(client, run_id)
-        except Exception as exc:  # an older run without its JSON: tonight's judgement stands in for it
+        except Exception as exc:  # an older run without its JSON: tonight's decision stands in for it
             log.warning("cannot read the recorded decision of run %s (%s); using tonight's", run_id, exc)
             stored = decision
         return {**stored, "outcome": recorded, "experiment_id": run.info.experiment_id, "already_decided": True}
-    outcome = outcome_of(decision, dry_run=bool(params.get("dry_run")))
+    outcome = outcome_of(decision, dry_run=dry_run)
     gate_decision = Decision.from_dict(decision)
     run_url = links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id)
     tags = audit_tags(staged, candidate, dag_run, try_number, run_url)
@@ -287,6 +304,7 @@ def promote_candidate(
     """Register the candidate the gate passed (or the run forced) and move the champion alias to it."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import links, registry
 
     if candidate["dataset_id"] != staged["dataset_id"]:
@@ -296,7 +314,7 @@ def promote_candidate(
         )
     gate_decision = Decision.from_dict(decision)
     run_url = links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id)
-    client = registry.mlflow_client(settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     try:
         outcome = registry.apply_decision(
             client,
@@ -326,10 +344,11 @@ def summarize(
     dag_run,
 ) -> dict[str, Any]:
     """The run at a glance, with the champion as the registry has it now; logged as JSON, links alone."""
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import links, registry
     from abalone_pipeline.summary import log_lines, run_summary
 
-    client = registry.mlflow_client(settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     try:
         champion_now = registry.current_version(client, settings.model_name, settings.champion_alias)
     except Exception as exc:  # the night's work is done; a summary without the champion is still one
@@ -365,9 +384,10 @@ def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> di
     """Move the champion alias back to the previous champion, or to the version named in the run's Params."""
     from airflow.sdk.exceptions import AirflowFailException
 
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import registry
 
-    client = registry.mlflow_client(settings.tracking_uri)
+    client = mlflow_client(settings.tracking_uri)
     try:
         outcome = registry.rollback(
             client,
@@ -385,11 +405,6 @@ def rollback_champion(settings: Settings, params: dict[str, Any], dag_run) -> di
     return outcome
 
 
-def idempotency_key(dag_id: str, run_id: str) -> str:
-    """What the train task passes as ``--idempotency-key``: one key per DAG run (tag ``abalone.idempotency_key``)."""
-    return f"{dag_id}/{run_id}"
-
-
 def close_fences(settings: Settings, dag_id: str, run_id: str, why: str) -> list[str]:
     """Close the trainer tasks' fences, so a container of this run left on any host stops at its next check."""
     from abalone_pipeline import attempts
@@ -403,22 +418,14 @@ def close_fences(settings: Settings, dag_id: str, run_id: str, why: str) -> list
 
 def close_running_runs(settings: Settings, dag_id: str, run_id: str) -> list[str]:
     """Mark the MLflow runs of this DAG run still RUNNING (their attempt is gone) as KILLED."""
-    from abalone_pipeline import registry
+    from abalone_contract import tracking
+    from abalone_contract.constants import idempotency_key
 
-    client = registry.mlflow_client(settings.tracking_uri)
+    client = tracking.mlflow_client(settings.tracking_uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     if experiment is None:
         return []
-    key = idempotency_key(dag_id, run_id)
-    closed = []
-    for run in client.search_runs(
-        [experiment.experiment_id],
-        filter_string=f"tags.`abalone.idempotency_key` = '{key}' and attributes.status = 'RUNNING'",
-        max_results=50,
-    ):
-        client.set_terminated(run.info.run_id, status="KILLED")
-        closed.append(run.info.run_id)
-    return closed
+    return tracking.close_running_runs(client, experiment.experiment_id, idempotency_key(dag_id, run_id))
 
 
 def remove_run_containers(settings: Settings, dag_id: str, run_id: str) -> list[str]:

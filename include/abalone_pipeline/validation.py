@@ -13,32 +13,23 @@ import functools
 import logging
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+from abalone_contract.constants import COLUMNS, SEXES
 
 log = logging.getLogger(__name__)
 
-COLUMNS: tuple[str, ...] = (
-    "Sex",
-    "Length",
-    "Diameter",
-    "Height",
-    "Whole_weight",
-    "Shucked_weight",
-    "Viscera_weight",
-    "Shell_weight",
-    "Rings",
-)
 MEASUREMENTS: tuple[str, ...] = COLUMNS[1:-1]
 NUMERIC: tuple[str, ...] = COLUMNS[1:]
 PARTS: tuple[str, ...] = ("Shucked_weight", "Viscera_weight", "Shell_weight")
-SEXES: tuple[str, ...] = ("M", "F", "I")
 # The oldest abalone in the UCI data has 29 rings; 50 leaves room for real outliers and still catches a
 # value in the wrong unit (age in years is Rings + 1.5) or a typo.
 MAX_RINGS = 50
 
 
-class StagingError(ValueError):
-    """The source is not usable; the message names the source and the rule it broke."""
+class SourceRejected(ValueError):
+    """The source breaks a file-level rule; the message names the source, the rule and what to do."""
 
 
 @dataclass(frozen=True)
@@ -87,32 +78,125 @@ def _normalise(name: str) -> str:
     return re.sub(r"[\s_\-]+", "", name).lower()
 
 
-def check_header(fields: list[str], source_uri: str) -> bool:
-    """Whether the first row is a header; a header with wrong, renamed or reordered columns fails the file."""
+# Header names are compared ignoring case, spaces, "_" and "-" (so the UCI "Whole weight" is Whole_weight);
+# the short names of the UCI file's own documentation (abalone.names) are accepted too.
+_UCI_SHORT_NAMES = {
+    "Diam": "Diameter",
+    "Whole": "Whole_weight",
+    "Shucked": "Shucked_weight",
+    "Viscera": "Viscera_weight",
+    "Shell": "Shell_weight",
+}
+_HEADER_NAMES = {_normalise(name): name for name in COLUMNS} | {
+    _normalise(short): name for short, name in _UCI_SHORT_NAMES.items()
+}
+# Delimiters a source may use instead of the comma, as a refusal names them.
+_OTHER_DELIMITERS = {";": "';'", "\t": "tab", "|": "'|'"}
+_DECIMAL_COMMA = re.compile(r"[+-]?\d*,\d+")
+
+
+def _is_number(text: str) -> bool:
     try:
-        float(fields[1] if len(fields) > 1 else "x")
-        return False  # a number in the second column: data, the original headerless UCI file
+        float(text)
     except ValueError:
-        pass
-    expected = [_normalise(name) for name in COLUMNS]
-    found = [_normalise(name) for name in fields]
-    if found == expected:
-        return True
-    if len(found) != len(expected):
-        raise StagingError(
-            f"{source_uri}: the header has {len(found)} columns ({', '.join(fields)}), "
+        return False
+    return True
+
+
+def _other_delimiter(fields: list[str]) -> str | None:
+    """The delimiter that a row which does not split into the columns at its commas seems to use instead."""
+    if len(fields) == len(COLUMNS):
+        return None
+    text = ",".join(fields)
+    for mark, name in _OTHER_DELIMITERS.items():
+        if len(text.split(mark)) == len(COLUMNS):
+            return name
+    if len(fields) == 1:
+        if len(text.split()) == len(COLUMNS):
+            return "space"
+        mark = max(_OTHER_DELIMITERS, key=text.count)
+        if mark in text:
+            return _OTHER_DELIMITERS[mark]
+    return None
+
+
+def check_header(fields: list[str], source_uri: str, line: int = 1) -> bool:
+    """Whether the first row (at ``line``) is a header.
+
+    The file fails here if the row is split by another delimiter, if it is a header with wrong, renamed or
+    reordered columns, or if it is data whose numbers cannot be read (every row would be quarantined).
+    """
+    delimiter = _other_delimiter(fields)
+    if delimiter:
+        found = "1 field" if len(fields) == 1 else f"{len(fields)} fields"
+        raise SourceRejected(
+            f"{source_uri} line {line}: {found} where {len(COLUMNS)} were expected: wrong delimiter? "
+            f"(looks like {delimiter}-separated); the source must be comma-separated"
+        )
+    if any(_is_number(value) or _DECIMAL_COMMA.fullmatch(value) for value in fields[1:]):
+        _check_numbers_readable(fields, source_uri, line)
+        return False  # data: the original UCI file has no header
+    _check_names(fields, source_uri)
+    return True
+
+
+def _check_numbers_readable(fields: list[str], source_uri: str, line: int) -> None:
+    """Refuse a headerless file whose first row has decimal commas or no measurement that reads as a number."""
+    unreadable = [value for value in fields[1:] if not _is_number(value)]
+    decimal_commas = any(_DECIMAL_COMMA.fullmatch(value) for value in unreadable)
+    if not decimal_commas and any(_is_number(value) for value in fields[1 : len(COLUMNS) - 1]):
+        return
+    shown = ", ".join(repr(value) for value in unreadable[:3])
+    if len(unreadable) > 3:
+        shown += f" and {len(unreadable) - 3} more"
+    hint = " (decimal commas? the decimal mark must be '.')" if decimal_commas else ""
+    raise SourceRejected(
+        f"{source_uri} line {line}: the file has no header (its first row is data) and the row's fields cannot be "
+        f"read: {len(fields)} fields found ({len(COLUMNS)} expected); {shown} are not numbers{hint}"
+    )
+
+
+def _check_names(fields: list[str], source_uri: str) -> None:
+    """Refuse a header that does not name the columns in their order."""
+    names = [_HEADER_NAMES.get(_normalise(value)) for value in fields]
+    if names == list(COLUMNS):
+        return
+    if len(fields) != len(COLUMNS):
+        raise SourceRejected(
+            f"{source_uri}: the header has {len(fields)} columns ({', '.join(fields)}), "
             f"expected {len(COLUMNS)}: {', '.join(COLUMNS)}"
         )
-    if sorted(found) == sorted(expected):
-        raise StagingError(
-            f"{source_uri}: the header's columns are reordered ({', '.join(fields)}); expected {COLUMNS}"
-        )
-    wrong = [
-        f"{got!r} where {want!r} was expected"
-        for got, want in zip(fields, COLUMNS, strict=True)
-        if _normalise(got) != _normalise(want)
+    out_of_place = [
+        value
+        for value, name, want in zip(fields, names, COLUMNS, strict=True)
+        if name is not None and name != want and names.count(name) == 1
     ]
-    raise StagingError(f"{source_uri}: unknown or renamed columns: {'; '.join(wrong)}")
+    if None not in names and sorted(names) == sorted(COLUMNS):
+        raise SourceRejected(
+            f"{source_uri}: the header's columns are reordered ({', '.join(out_of_place)} out of place): "
+            f"{', '.join(fields)}. Columns are read by position: write them in the order {', '.join(COLUMNS)}"
+        )
+    if all(name in (None, want) for name, want in zip(names, COLUMNS, strict=True)):
+        wrong = [
+            f"{got!r} where {want!r} was expected"
+            for got, name, want in zip(fields, names, COLUMNS, strict=True)
+            if name is None
+        ]
+        raise SourceRejected(f"{source_uri}: unknown or renamed columns: {'; '.join(wrong)}")
+    problems = [
+        f"{label} {', '.join(values)}"
+        for label, values in (
+            ("unknown or renamed:", [repr(value) for value, name in zip(fields, names, strict=True) if name is None]),
+            ("missing:", [name for name in COLUMNS if name not in names]),
+            ("repeated:", sorted({name for name in names if name and names.count(name) > 1})),
+            ("out of place:", out_of_place),
+        )
+        if values
+    ]
+    raise SourceRejected(
+        f"{source_uri}: the header ({', '.join(fields)}) does not name the expected columns: {'; '.join(problems)}. "
+        f"Expected {', '.join(COLUMNS)}"
+    )
 
 
 @dataclass
@@ -156,10 +240,10 @@ def check_encoding(block: bytes, first_line: int, state: FileState) -> bool:
             block.decode("utf-8")
         except UnicodeDecodeError as exc:
             line = first_line + block.count(b"\n", 0, exc.start)
-            raise StagingError(f"{state.source_uri} line {line} is not UTF-8 text: {exc.reason}") from exc
+            raise SourceRejected(f"{state.source_uri} line {line} is not UTF-8 text: {exc.reason}") from exc
     if b"\x00" in block:
         line = first_line + block.count(b"\n", 0, block.index(b"\x00"))
-        raise StagingError(f"{state.source_uri} line {line} contains NUL bytes: it is not a CSV text file")
+        raise SourceRejected(f"{state.source_uri} line {line} contains NUL bytes: it is not a CSV text file")
     return ascii_only
 
 
@@ -260,7 +344,7 @@ def _check_first_row(lines: list[bytes], numbers, malformed: list, state: FileSt
     first_valid = int(numbers[0]) if len(lines) else None
     if malformed and malformed[0][1] == "column_count" and (first_valid is None or malformed[0][0] < first_valid):
         line, _, reason, _ = malformed[0]
-        raise StagingError(
+        raise SourceRejected(
             f"{state.source_uri} line {line}: expected {len(COLUMNS)} columns ({', '.join(COLUMNS)}); the row {reason}"
         )
 
@@ -299,7 +383,7 @@ def check_rows(block: bytes, first_line: int, state: FileState) -> Block:
     except pandera.errors.SchemaErrors as errors:
         for case in errors.failure_cases.itertuples(index=False):
             if case.index is None or (isinstance(case.index, float) and np.isnan(case.index)):
-                raise StagingError(f"{state.source_uri}: {case.check} failed for {case.column}") from errors
+                raise SourceRejected(f"{state.source_uri}: {case.check} failed for {case.column}") from errors
             row, column = int(case.index), case.column
             text = lines[row].split(b",")[COLUMNS.index(column)].decode()
             if case.check == "not_nullable":
@@ -332,10 +416,21 @@ def check_fraction(
     if fraction > policy.max_quarantine_fraction:
         rules = ", ".join(f"{rule} ({count})" for rule, count in sorted(counts.items(), key=lambda kv: -kv[1]))
         examples = "; ".join(f"line {line}: {reason}" for line, _, reason, _ in first[:3])
-        raise StagingError(
-            f"{source_uri}: {quarantined} of {data_rows} rows ({fraction:.1%}) break the row rules, more "
-            f"than the {policy.max_quarantine_fraction:.1%} allowed: {rules}. First: {examples}"
+        share, limit = _percentages(fraction, policy.max_quarantine_fraction)
+        raise SourceRejected(
+            f"{source_uri}: {quarantined} of {data_rows} rows ({share}) break the row rules, more "
+            f"than the {limit} allowed: {rules}. First: {examples}"
         )
+
+
+def _percentages(share: float, limit: float) -> tuple[str, str]:
+    """``share`` and ``limit`` as percentages with the same decimals: at least one, enough to show the limit
+    as set, and enough that a share above the limit never reads as equal to it (1.03% against 1.00%)."""
+    # The limit as it was set (str(0.0125) is "0.0125"), not its binary approximation.
+    decimals = min(max(1, -(Decimal(str(limit)) * 100).normalize().as_tuple().exponent), 12)
+    while decimals < 15 and f"{share:.{decimals}%}" == f"{limit:.{decimals}%}":
+        decimals += 1
+    return f"{share:.{decimals}%}", f"{limit:.{decimals}%}"
 
 
 _CHECK_TEXT = {

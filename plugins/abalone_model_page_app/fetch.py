@@ -75,14 +75,14 @@ def _server() -> str:
 
 
 def _read(query: Callable[..., Any], args: tuple) -> Any:
-    from abalone_pipeline import registry
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline.config import Settings
 
     settings = Settings.from_env()
     server = display_uri(settings.tracking_uri)
     probe(settings.tracking_uri)
     try:
-        client = registry.mlflow_client(settings.tracking_uri)
+        client = mlflow_client(settings.tracking_uri)
         _client_loaded.set()
         return query(client, settings, *args)
     except Exception as exc:

@@ -8,6 +8,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
+from abalone_pipeline.numbers import finite, metric
+
 STYLE = """
 :root { color-scheme: light dark; --fg: #1f2937; --muted: #6b7280; --bg: #fff; --card: #f8fafc; --line: #e5e7eb;
   --accent: #0369a1; --promoted: #15803d; --forced: #c2410c; --rejected: #b91c1c; --dry_run: #6b7280;
@@ -53,12 +55,6 @@ class Links:
 
     def airflow_run(self, dag_id: str, run_id: str) -> str:
         return f"{self.airflow}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
-
-
-def number(value: Any) -> str:
-    if not isinstance(value, int | float) or not math.isfinite(value):
-        return "n/a"
-    return f"{value:.4f}"
 
 
 def when(iso: str | None) -> str:
@@ -120,7 +116,7 @@ def _airflow_link(row: dict[str, Any], links: Links) -> str:
 
 
 def _rmse_pair(row: dict[str, Any]) -> str:
-    return f"candidate {number(row['candidate_rmse'])}, champion {number(row['champion_rmse'])}"
+    return f"candidate {metric(row['candidate_rmse'])}, champion {metric(row['champion_rmse'])}"
 
 
 def _dry_run_verdict(row: dict[str, Any]) -> str:
@@ -140,7 +136,7 @@ def champion_card(champion: dict[str, Any] | None, links: Links) -> str:
         "Champion",
         f"{escape(champion['name'])} {_version(champion['version'])}",
         [
-            ("Test RMSE", number(champion["test_rmse"])),
+            ("Test RMSE", metric(champion["test_rmse"])),
             ("Dataset", escape(champion["dataset"] or "n/a")),
             ("Promoted", f"{when(champion['promoted_at'])} {decision}"),
             ("By Airflow run", _airflow_link(champion, links) or "n/a"),
@@ -200,16 +196,12 @@ def _swatch(colour: str, dash: str) -> str:
     )
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value)
-
-
 def _latest(line: list[Any], low: float, high: float) -> str:
-    value = next((value for value in reversed(line) if _finite(value)), None)
+    value = next((value for value in reversed(line) if finite(value)), None)
     if value is None:
         return "n/a"
     where = " (above the chart)" if value > high else " (below the chart)" if value < low else ""
-    return f"{number(value)}{where}"
+    return f"{metric(value)}{where}"
 
 
 def trend_svg(points: list[dict[str, Any]]) -> str:
@@ -225,10 +217,10 @@ def trend_svg(points: list[dict[str, Any]]) -> str:
     }
     # The scale fits the candidate and the champion; a baseline far off (the mean's usually is) would flatten
     # them, so it is clipped and its latest value is in the legend.
-    core = [value for name in ("candidate", "champion") for value in series[name] if _finite(value)]
+    core = [value for name in ("candidate", "champion") for value in series[name] if finite(value)]
     low, high = min(core), max(core)
     span = max(high - low, 0.05)
-    near = [v for name in series if name.endswith("baseline") for v in series[name] if _finite(v)]
+    near = [v for name in series if name.endswith("baseline") for v in series[name] if finite(v)]
     near = [value for value in near if low - span <= value <= high + span]
     low, high = min([low, *near]), max([high, *near])
     margin = (high - low) * 0.08 or 0.5
@@ -262,15 +254,15 @@ def trend_svg(points: list[dict[str, Any]]) -> str:
             )
     for name, line in series.items():
         colour, dash = SERIES.get(name, ("var(--baseline)", BASELINE_DASH))
-        path = _path([(x(i), y(value)) if _finite(value) else None for i, value in enumerate(line)])
+        path = _path([(x(i), y(value)) if finite(value) else None for i, value in enumerate(line)])
         dashes = f' stroke-dasharray="{dash}"' if dash else ""
         parts.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"{dashes} clip-path="url(#plot)">')
         parts.append(f"<title>{escape(name)}</title></path>")
     for index, point in enumerate(points):
         outcome = (point["outcome"] or "").replace("_", " ")
-        tip = f"{when(point['when'])}: {outcome}, candidate {number(point['candidate'])}"
-        if _finite(point["champion"]):
-            tip += f", champion {number(point['champion'])}"
+        tip = f"{when(point['when'])}: {outcome}, candidate {metric(point['candidate'])}"
+        if finite(point["champion"]):
+            tip += f", champion {metric(point['champion'])}"
         parts.append(
             f'<circle cx="{x(index):.1f}" cy="{y(point["candidate"]):.1f}" r="4.5" '
             f'fill="var(--{escape(point["outcome"] or "baseline")})"><title>{tip}</title></circle>'
@@ -313,13 +305,13 @@ def decisions_table(rows: list[dict[str, Any]], links: Links) -> str:
     head = "<tr>" + "".join(f"<th>{name}</th>" for name in (*columns, "Details")) + "</tr>"
     body = []
     for row in rows:
-        baselines = ", ".join(f"{escape(name)} {number(value)}" for name, value in row["baselines"].items())
+        baselines = ", ".join(f"{escape(name)} {metric(value)}" for name, value in row["baselines"].items())
         cells = _cells(
             when(row["when"]),
             badge(row["outcome"]),
             _note(row),
-            number(row["candidate_rmse"]),
-            number(row["champion_rmse"]),
+            metric(row["candidate_rmse"]),
+            metric(row["champion_rmse"]),
             baselines or "n/a",
             _version(row["version"], ""),
             _airflow_link(row, links),
@@ -364,8 +356,8 @@ def _checks_table(checks: list[dict[str, Any]]) -> str:
         cells = _cells(
             escape(str(check["rule"])),
             result,
-            number(check["observed"]),
-            number(check["threshold"]),
+            metric(check["observed"]),
+            metric(check["threshold"]),
             escape(str(check["detail"] or "")),
             numeric=(2, 3),
         )

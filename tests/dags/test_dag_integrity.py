@@ -49,7 +49,8 @@ def test_retraining_dag_shape(dagbag):
     dag = dagbag.dags["abalone_retraining"]
     assert dag.timetable.expression == "0 2 * * *"
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        "stage": ["gate", "promote", "summarize", "train"],
+        "preflight": ["gate", "stage"],
+        "stage": ["evaluate", "gate", "promote", "summarize", "train"],
         "train": ["clean_up", "evaluate", "gate", "promote", "summarize"],
         "evaluate": ["clean_up", "gate"],
         "gate": ["promote", "summarize"],
@@ -79,6 +80,30 @@ def test_retraining_dag_shape(dagbag):
         assert "LogFailure" in [type(callback).__name__ for callback in callbacks]
 
 
+def test_the_graph_is_the_data_flow(dagbag):
+    """Every edge carries an XCom (XComArgs, in the trainer commands too), but the teardown's, which has no data."""
+    from airflow.sdk.definitions.xcom_arg import XComArg
+
+    dag = dagbag.dags["abalone_retraining"]
+    for task in dag.tasks:
+        data_from = {operator.task_id for operator, _ in XComArg.iter_xcom_references(task)}
+        if task.task_id == "clean_up":
+            assert not data_from
+        else:
+            assert data_from == task.upstream_task_ids, task.task_id
+    assert "xcom_pull" not in Path(dag.fileloc).read_text(), "XCom is passed as XComArgs, never as Jinja"
+    evaluate = [str(part) for part in dag.get_task("evaluate").command]
+    assert evaluate[evaluate.index("--candidate-run-id") + 1] == str(dag.get_task("train").output["run_id"])
+    # The serialised DAG the scheduler runs has the same edges, and the same hash at every parse.
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    serialised = DagSerialization.to_dict(dag)
+    again = DagSerialization.to_dict(type(dagbag)(dag_folder=str(DAGS_DIR)).dags[dag.dag_id])
+    assert json.dumps(serialised, sort_keys=True, default=str) == json.dumps(again, sort_keys=True, default=str)
+    edges = {task.task_id: task.upstream_task_ids for task in dag.tasks}
+    assert {task.task_id: task.upstream_task_ids for task in DagSerialization.from_dict(serialised).tasks} == edges
+
+
 def test_the_tasks_people_open_have_extra_links_that_survive_serialisation(dagbag):
     from airflow.serialization.serialized_objects import OperatorSerialization
 
@@ -88,6 +113,7 @@ def test_the_tasks_people_open_have_extra_links_that_survive_serialisation(dagba
         for task in dag.tasks
     }
     assert links == {
+        "preflight": [],
         "stage": [],
         "train": ["MLflow run"],
         "evaluate": ["MLflow run"],
@@ -141,10 +167,12 @@ def test_every_param_has_a_title_and_a_description(dagbag):
 
 
 def test_the_gate_param_accepts_exactly_the_policy(dagbag):
-    from abalone_pipeline.gate import GatePolicy
+    from abalone_pipeline.gate import POLICY_SCHEMA, GatePolicy
 
-    default = dagbag.dags["abalone_retraining"].params["gate"]
-    assert GatePolicy.from_dict(default) == GatePolicy.from_dict({}), "the form's default is the configured policy"
+    gate = dagbag.dags["abalone_retraining"].params.get_param("gate")
+    assert GatePolicy.from_dict(gate.value) == GatePolicy.from_dict({}), "the form's default is the configured policy"
+    assert gate.schema["properties"] == POLICY_SCHEMA["properties"], "the form shows each rule's bounds and meaning"
+    assert all(rule["description"] for rule in gate.schema["properties"].values())
 
 
 @pytest.mark.parametrize(

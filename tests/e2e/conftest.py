@@ -3,24 +3,27 @@ that S3, Airflow on SQLite, and the Docker engine running the trainer image."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
 import pytest
-import requests
 from moto.server import ThreadedMotoServer
 
 ROOT = Path(__file__).resolve().parents[2]
+# The one way the project starts a local MLflow server (make run, the benchmarks, these tests): a stdlib
+# module beside scripts/local_airflow.py, imported as that script imports it.
+if str(ROOT / "scripts") not in sys.path:
+    sys.path.append(str(ROOT / "scripts"))
+local_mlflow = importlib.import_module("local_mlflow")
 BIN = Path(sys.executable).parent
 STAGING_BUCKET = "abalone-staging"
 ARTIFACT_BUCKET = "mlflow-artifacts"
@@ -30,7 +33,7 @@ AWS_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "
 
 # moto's server logs every request through werkzeug; the tests' own assertions say what matters.
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
-# sagemaker-mlflow's header provider warns on every request to an http:// server (see registry.mlflow_client).
+# sagemaker-mlflow warns on every request to an http:// server (see abalone_contract.tracking.mlflow_client).
 logging.getLogger("mlflow.tracking.request_header.registry").setLevel(logging.ERROR)
 
 
@@ -62,16 +65,13 @@ def chromium(profile: Path, width: int, height: int):
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+free_port = local_mlflow.free_port
 
 
 @pytest.fixture(scope="session")
 def docker_engine() -> None:
     if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-        pytest.fail("no Docker engine is reachable: start dockerd (see the README) before the end-to-end tests")
+        pytest.fail("no Docker engine is reachable: start dockerd (docs/testing.md) before the end-to-end tests")
     if subprocess.run(["docker", "image", "inspect", TRAINER_IMAGE], capture_output=True).returncode != 0:
         pytest.fail(f"the trainer image {TRAINER_IMAGE} is missing: run `make image` first")
 
@@ -106,62 +106,31 @@ def s3(s3_endpoint):
 
 
 def mlflow_server_command(home: Path, port: int, artifacts: str) -> list[str]:
-    """``mlflow server`` with a SQLite backend in ``home`` and proxied artifacts at ``artifacts``, as in production."""
-    return [
-        str(BIN / "mlflow"),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{home}/mlflow.db",
-        "--artifacts-destination",
-        artifacts,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    """``mlflow server`` with a SQLite backend in ``home`` and proxied artifacts at ``artifacts``, as in production.
+
+    For tests that run it themselves (``Processes``, which can kill and restart it); ``mlflow_server`` is the
+    session's own."""
+    return local_mlflow.command(home, port, artifacts=artifacts, bin_dir=BIN)
 
 
 def mlflow_server_env(s3_endpoint: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        **AWS_ENV,
-        "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
-        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
-    }
+    """Its environment, with artifacts in the test S3 server."""
+    return local_mlflow.environment({**os.environ, **AWS_ENV, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint})
 
 
-def mlflow_healthy(uri: str) -> bool:
-    try:
-        return requests.get(f"{uri}/health", timeout=2).ok
-    except requests.ConnectionError:
-        return False
+mlflow_healthy = local_mlflow.healthy
 
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory, s3_endpoint) -> Iterator[str]:
     """``mlflow server`` with a SQLite backend and proxied artifacts in the S3 bucket, as in production."""
     home = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    log = (home / "server.log").open("w")
-    process = subprocess.Popen(
-        mlflow_server_command(home, port, f"s3://{ARTIFACT_BUCKET}/"),
-        env=mlflow_server_env(s3_endpoint),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while not mlflow_healthy(uri):
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited: {(home / 'server.log').read_text()[-2000:]}")
-        if time.monotonic() > deadline:
-            pytest.fail("mlflow server did not answer /health within 120 s")
-        time.sleep(1)
-    yield uri
-    process.terminate()
-    process.wait(timeout=30)
+    env = mlflow_server_env(s3_endpoint)
+    try:
+        with local_mlflow.server(home, env=env, artifacts=f"s3://{ARTIFACT_BUCKET}/") as uri:
+            yield uri
+    except local_mlflow.MlflowServerError as error:
+        pytest.fail(str(error))
 
 
 @dataclass

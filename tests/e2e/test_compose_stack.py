@@ -1,5 +1,5 @@
 """The production stack as users run it: docker-compose.yaml brought up by docker-compose from a .env made
-from .env.example, exactly as the README's production section says, with images built from the project's
+from .env.example, exactly as docs/production.md says, with images built from the project's
 Dockerfile on local stand-ins (standins/) where the official images cannot be pulled.
 
 Two runs go through it, triggered through the REST API with a conf: the first trains on the stack's GPU

@@ -7,8 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
+from abalone_contract.constants import NUMERIC_FEATURES
+from abalone_contract.hyperparams import HyperParams, InvalidHyperParams
 from abalone_trainer.data import load_staged, to_features, to_labels
-from abalone_trainer.defaults import NUMERIC_FEATURES, HyperParams, InvalidHyperParams
 from abalone_trainer.model import build_model, predict
 from abalone_trainer.stats import regression_metrics
 from abalone_trainer.train import fit

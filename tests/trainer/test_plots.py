@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from abalone_contract.constants import LABEL
+from abalone_contract.hyperparams import HyperParams
 from abalone_trainer import plots, tracking
 from abalone_trainer.data import load_staged
-from abalone_trainer.defaults import LABEL, HyperParams
 from abalone_trainer.train import train_and_log
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abalone_trainer.defaults import FEATURES, NUMERIC_FEATURES
+from abalone_contract.constants import FEATURES, NUMERIC_FEATURES
 from abalone_trainer.stats import SliceSpec, baseline_predictions, paired_bootstrap, regression_metrics
 
 

@@ -8,9 +8,10 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from abalone_contract.constants import FEATURES
+from abalone_contract.hyperparams import HyperParams
 from abalone_trainer import cli
 from abalone_trainer.data import load_staged
-from abalone_trainer.defaults import FEATURES, HyperParams
 from abalone_trainer.evaluate import evaluate
 from abalone_trainer.train import train_and_log
 
@@ -181,6 +182,15 @@ def test_cli_bad_input_exits_3_with_a_named_error(tmp_path, tracking_uri, capsys
     )
     assert code == cli.EXIT_BAD_INPUT
     assert "ABALONE_ERROR bad input: cannot read" in capsys.readouterr().out
+
+
+def test_cli_without_a_tracking_uri_says_so_on_its_error_line(small_manifest_uri, monkeypatch, capsys):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    code = cli.main(["--manifest-uri", small_manifest_uri, "train", "--idempotency-key", "k"])
+    assert code == cli.EXIT_BAD_INPUT
+    assert capsys.readouterr().out.strip() == (
+        "ABALONE_ERROR bad input: no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI"
+    )
 
 
 def test_cli_rejects_bad_arguments(small_manifest_uri):

@@ -7,9 +7,9 @@ import struct
 
 import pytest
 
+from abalone_contract.results import parse_evaluation
 from abalone_pipeline.charts import slice_chart
 from abalone_pipeline.gate import GatePolicy, decide
-from abalone_pipeline.results import parse_evaluation
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LEVELS = ("0.8", "0.9", "0.95", "0.99")

@@ -52,6 +52,7 @@ def test_mlflow_tracking_uri_is_a_fallback():
         ("ABALONE_GATE_POLICY", "{max_rmse: 2}", "ABALONE_GATE_POLICY is not a valid gate policy"),
         ("ABALONE_GATE_POLICY", '{"max_rmse": -1}', "max_rmse must be > 0"),
         ("ABALONE_GATE_POLICY", '{"ceiling": 2}', "unknown gate policy keys"),
+        ("ABALONE_GATE_POLICY", '{"min_prior_runs": "3"}', "min_prior_runs must be a whole number, got '3'"),
         ("ABALONE_GATE_POLICY", "[1]", "expected a JSON object"),
         ("ABALONE_PREVIOUS_ALIAS", "champion", "must differ"),
         ("ABALONE_PREVIOUS_ALIAS", "prev alias", "not a valid alias"),

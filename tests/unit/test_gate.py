@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from abalone_pipeline.gate import Decision, GatePolicy, PolicyError, decide
+from abalone_pipeline.gate import POLICY_SCHEMA, Decision, GatePolicy, PolicyError, decide, rule
 from abalone_pipeline.gate_report import render
 
 POLICY = GatePolicy()
@@ -29,7 +29,7 @@ def evaluation(
     prior: tuple[int, float | None] = (0, None),
     champion_error: str | None = None,
 ) -> dict:
-    """An evaluation as ``results.parse_evaluation`` returns it."""
+    """An evaluation as ``abalone_contract.results.parse_evaluation`` returns it."""
     diffs = {name: 0.0 for name in SLICES} | (slice_diffs or {})
 
     def metrics(rmse: float) -> dict:
@@ -44,6 +44,7 @@ def evaluation(
             "run_id": "run-candidate",
             "metrics": metrics(candidate),
             "slices": {name: {"rmse": candidate + (diff or 0), "rows": 100} for name, diff in diffs.items()},
+            "non_finite_predictions": 0,
         },
         "champion": None,
         "comparison": None,
@@ -117,7 +118,7 @@ def test_a_minimum_improvement_turns_a_small_gain_into_a_rejection():
 @pytest.mark.parametrize("bad", [None, math.nan, math.inf])
 def test_non_finite_metrics_are_rejected_and_cannot_be_forced(bad):
     broken = evaluation(2.05, 2.12)
-    broken["candidate"]["metrics"]["test_rmse"] = bad  # None is how results.py hands NaN and inf over
+    broken["candidate"]["metrics"]["test_rmse"] = bad  # None is how abalone_contract.results hands NaN and inf over
     decision = decide(broken, POLICY)
     assert not decision.promote
     assert {"metrics_finite", "ceiling", "baseline:mean", "baseline:linear", "improvement"} <= set(failed(decision))
@@ -135,6 +136,15 @@ def test_a_nan_comparison_or_prior_median_fails_its_rule_with_a_reason():
     assert {"significance", "slice:sex=F", "prior_runs"} <= set(failed(decision))
     assert "median test_rmse of 5 prior runs is not a finite number" in decision.summary()
     json.dumps(decision.to_dict(), allow_nan=False)
+
+
+def test_non_finite_predictions_the_trainer_counted_reject_the_candidate_with_the_count():
+    broken = evaluation(2.05, 2.12)
+    broken["candidate"]["non_finite_predictions"] = 3
+    decision = decide(broken, POLICY)
+    assert "metrics_finite" in failed(decision) and not decision.promote
+    assert "non-finite values for 3 of 836 test rows" in decision.summary()
+    assert not decide(broken, POLICY, force_reason="ship it", forced_by="alice").promote
 
 
 def test_a_missing_metric_is_rejected():
@@ -189,6 +199,28 @@ def test_policy_overrides_keep_the_other_defaults_and_refuse_unknown_keys():
         GatePolicy(confidence=0.5)
     with pytest.raises(PolicyError, match="statistical_rule"):
         GatePolicy(statistical_rule="vibes")
+
+
+@pytest.mark.parametrize("value", [-1, 0, 0.5, 0.95, 0.97, 1, 1.5, 2, 3.0, 100, None, True, "off", "2.5", [1]])
+def test_the_params_form_and_the_policy_refuse_the_same_values(value):
+    """One declaration per field: the JSON schema (Airflow's validator) and the policy agree on every value."""
+    import jsonschema
+
+    for name, schema in POLICY_SCHEMA["properties"].items():
+        form_accepts = jsonschema.validators.validator_for(schema)(schema).is_valid(value)
+        try:
+            GatePolicy(**{name: value})
+        except PolicyError as exc:
+            assert not form_accepts, f"the form accepts {name}={value!r}, the policy refuses it: {exc}"
+            assert str(exc).startswith(f"gate policy {name} must be "), "the message names the key and the rule"
+        else:
+            assert form_accepts, f"the policy accepts {name}={value!r}, the form refuses it"
+
+
+def test_a_policy_field_declares_only_bounds_the_policy_checks():
+    assert rule(1.0, "a margin", type="number", minimum=0).metadata["schema"]["minimum"] == 0
+    with pytest.raises(TypeError, match="multipleOf"):
+        rule(1.0, "a margin", type="number", multipleOf=0.5)
 
 
 def test_a_decision_survives_its_xcom_round_trip_and_renders_a_report():

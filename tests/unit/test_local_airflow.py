@@ -1,8 +1,9 @@
-"""The pure helpers of scripts/local_airflow.py (the stack behind make run): settings, links, state changes."""
+"""The pure helpers of scripts/local_airflow.py (the stack behind make run): settings, links, state changes; and
+scripts/local_mlflow.py, the one way make run, the tests and the benchmarks start the local MLflow server."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import os
 import socket
@@ -15,11 +16,11 @@ import pytest
 
 from abalone_pipeline.config import PROJECT_ROOT, Settings
 
-SCRIPT = PROJECT_ROOT / "scripts" / "local_airflow.py"
-_spec = importlib.util.spec_from_file_location("local_airflow", SCRIPT)
-local_airflow = importlib.util.module_from_spec(_spec)
-sys.modules["local_airflow"] = local_airflow
-_spec.loader.exec_module(local_airflow)
+# As when the scripts run: their directory on the path, so local_airflow finds local_mlflow beside it.
+if str(PROJECT_ROOT / "scripts") not in sys.path:
+    sys.path.append(str(PROJECT_ROOT / "scripts"))
+local_airflow = importlib.import_module("local_airflow")
+local_mlflow = importlib.import_module("local_mlflow")
 
 
 @pytest.fixture
@@ -148,3 +149,86 @@ def test_the_end_of_a_json_task_log_is_readable(tmp_path):
     text = local_airflow.readable_log(log)
     assert "info: training" in text and "ValueError: bad" in text and "plain line" in text
     assert "no log at" in local_airflow.readable_log(Path(tmp_path / "missing.log"))
+
+
+# --- scripts/local_mlflow.py -------------------------------------------------------------------------------------
+
+
+def test_the_mlflow_command_is_sqlite_proxied_artifacts_loopback_one_worker(tmp_path):
+    command = local_mlflow.command(tmp_path, 15000, bin_dir=Path("/venv/bin"))
+    assert command == [
+        "/venv/bin/mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "15000",
+        "--workers",
+        "1",
+    ]
+    in_s3 = local_mlflow.command(tmp_path, 15000, artifacts="s3://bucket/", allowed_hosts=["mlflow:5000", "localhost"])
+    assert in_s3[in_s3.index("--artifacts-destination") + 1] == "s3://bucket/"
+    assert in_s3[-2:] == ["--allowed-hosts", "mlflow:5000,localhost"]
+    assert local_mlflow.command(tmp_path, 1)[0] == str(Path(sys.executable).parent / "mlflow")
+
+
+def test_the_server_environment_keeps_the_callers_but_never_runs_mlflows_job_runner():
+    env = local_mlflow.environment({"A": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "true"})
+    assert env == {"A": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    assert local_mlflow.environment({"MLFLOW_DISABLE_TELEMETRY": "false"})["MLFLOW_DISABLE_TELEMETRY"] == "false"
+
+
+def test_make_run_keeps_its_mlflow_files_where_make_stop_and_the_ui_test_look(stack, tmp_path):
+    assert stack.log_file("mlflow") == tmp_path / "mlflow" / "server.log"
+    command = local_mlflow.command(stack.mlflow_dir, stack.mlflow_port, bin_dir=stack.bin_dir)
+    assert f"sqlite:///{tmp_path}/mlflow/mlflow.db" in command and str(tmp_path / "mlflow" / "artifacts") in command
+
+
+def test_a_server_that_exits_during_start_up_is_reported_with_its_log(tmp_path):
+    log = tmp_path / "server.log"
+    crash = [sys.executable, "-c", "print('no such backend store'); raise SystemExit(3)"]
+    process = local_mlflow.start(crash, log, pid_file=tmp_path / "server.pid")
+    assert (tmp_path / "server.pid").read_text() == f"{process.pid}\n"
+    uri = local_mlflow.uri(local_mlflow.free_port())
+    with pytest.raises(local_mlflow.MlflowServerError, match=r"exited \(3\)") as error:
+        local_mlflow.wait_healthy(uri, process=process, log=log, timeout=30, interval=0.1)
+    assert str(log) in str(error.value) and "no such backend store" in str(error.value)
+
+
+def test_a_server_that_never_answers_times_out_and_stop_ends_its_whole_process_group(tmp_path):
+    log = tmp_path / "server.log"
+    process = local_mlflow.start(["sh", "-c", "sleep 300 & sleep 300"], log)
+    try:
+        uri = local_mlflow.uri(local_mlflow.free_port())
+        with pytest.raises(local_mlflow.MlflowServerError, match=r"did not answer .*/health within 0 s") as error:
+            local_mlflow.wait_healthy(uri, process=process, log=log, timeout=0.3, interval=0.1)
+        assert str(log) in str(error.value)
+    finally:
+        local_mlflow.stop(process, timeout=10)
+    assert process.returncode is not None and local_airflow.group_members(process.pid) == []
+
+
+def test_healthy_means_health_answers_200():
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/health" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Health) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            assert local_mlflow.healthy(local_mlflow.uri(server.server_address[1]))
+            assert local_mlflow.healthy(local_mlflow.uri(server.server_address[1]) + "/")
+        finally:
+            server.shutdown()
+    assert not local_mlflow.healthy(local_mlflow.uri(local_mlflow.free_port()))

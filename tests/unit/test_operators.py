@@ -9,9 +9,9 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from docker.errors import APIError, NotFound
 
+from abalone_contract.results import parse_train
 from abalone_pipeline.config import Hardening
 from abalone_pipeline.operators import TrainerContainerOperator, as_bool, container_labels, container_name
-from abalone_pipeline.results import parse_train
 
 
 def test_container_names_are_docker_legal_and_unique_per_try():

@@ -11,7 +11,7 @@ import pytest
 from abalone_pipeline import staging
 from abalone_pipeline.objectstore import LocalStore
 from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, row_keys, split_of, stage
-from abalone_pipeline.validation import ValidationPolicy, check_rows
+from abalone_pipeline.validation import SourceRejected, ValidationPolicy, check_rows
 
 
 @pytest.fixture
@@ -91,6 +91,71 @@ def test_file_level_problems_refuse_the_source(store, payload, message):
     assert not store.root.exists() or not any(store.root.rglob("*")), "nothing is written"
 
 
+def resaved(abalone_bytes: bytes, delimiter: str = ",", decimal: str = ".", header: list[str] | None = None) -> bytes:
+    """The real file as a spreadsheet saves it with another delimiter or decimal mark (csv quotes as needed)."""
+    rows = [[value.replace(".", decimal) for value in line.split(",")] for line in abalone_bytes.decode().splitlines()]
+    text = io.StringIO()
+    csv.writer(text, delimiter=delimiter, lineterminator="\n").writerows([header, *rows] if header else rows)
+    return text.getvalue().encode()
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "decimal", "header", "message"),
+    [
+        (";", ".", None, r"line 1: 1 field where 9 were expected: wrong delimiter\? \(looks like ';'-separated\)"),
+        (";", ".", list(COLUMNS), r"line 1: 1 field where 9 were expected: wrong delimiter\? \(looks like ';'-sep"),
+        (";", ",", None, r"line 1: 8 fields where 9 were expected: wrong delimiter\? \(looks like ';'-separated\)"),
+        ("\t", ".", None, r"line 1: 1 field where 9 were expected: wrong delimiter\? \(looks like tab-separated\)"),
+        (
+            ",",
+            ",",
+            None,
+            r"line 1: the file has no header \(its first row is data\) and the row's fields cannot be read: 9 fields "
+            r"found \(9 expected\); '0,455', '0,365', '0,095' and 4 more are not numbers \(decimal commas\?",
+        ),
+    ],
+)
+def test_the_real_file_resaved_with_another_delimiter_or_decimal_mark_is_refused_for_what_it_is(
+    store, abalone_bytes, delimiter, decimal, header, message
+):
+    with pytest.raises(StagingError, match=message) as refused:
+        stage(resaved(abalone_bytes, delimiter, decimal, header), "abalone.csv", store)
+    assert "the header" not in str(refused.value) and "renamed" not in str(refused.value), "a data row is no header"
+
+
+SHORT_NAMES = ["Sex", "Length", "Diam", "Height", "Whole", "Shucked", "Viscera", "Shell", "Rings"]  # abalone.names
+
+
+def test_the_uci_short_names_are_read_and_a_reordering_of_them_is_named(store, abalone_bytes):
+    with_short_names = stage(resaved(abalone_bytes, header=SHORT_NAMES), "x", store)
+    assert split_rows(store, with_short_names) == split_rows(store, stage(abalone_bytes, "x", store))
+    order = [0, 1, 2, 3, 5, 4, 6, 7, 8]  # Shucked before Whole, in the header and in every row
+    reordered = b"".join(b",".join(line.split(b",")[i] for i in order) + b"\n" for line in abalone_bytes.splitlines())
+    header = ",".join(SHORT_NAMES[i] for i in order).encode() + b"\n"
+    with pytest.raises(
+        StagingError,
+        match=r"^x: the header's columns are reordered \(Shucked, Whole out of place\): Sex, Length, Diam, Height, "
+        r"Shucked, Whole, Viscera, Shell, Rings\. Columns are read by position: write them in the order Sex, Length, "
+        r"Diameter, Height, Whole_weight, Shucked_weight, Viscera_weight, Shell_weight, Rings$",
+    ):
+        stage(header + reordered, "x", store)
+    with pytest.raises(
+        StagingError, match=r"unknown or renamed: 'Age'; missing: Rings; out of place: Shucked, Whole\. Expected Sex,"
+    ):
+        stage(header.replace(b"Rings", b"Age") + reordered, "x", store)
+
+
+def test_a_first_row_with_one_unreadable_number_is_quarantined_not_taken_for_a_header(store):
+    staged = stage(b"M,?,0.3,0.1,0.5,0.2,0.1,0.15,7\n" + rows_of(200), "src", store, policy=ValidationPolicy(0.01))
+    assert [(q["line"], q["rule"]) for q in quarantined(store, staged)] == [("1", "Length:not_numeric")]
+
+
+def test_a_refusal_by_validation_reaches_callers_as_a_staging_error_caused_by_it(store):
+    with pytest.raises(StagingError, match="line 2 contains NUL bytes") as refused:
+        stage(GOOD + b"M,0.4\x00\n", "src", store)
+    assert isinstance(refused.value.__cause__, SourceRejected)
+
+
 @pytest.mark.parametrize(
     ("line", "rule", "reason"),
     [
@@ -126,6 +191,14 @@ def test_too_many_bad_rows_refuse_the_source_naming_rules_and_counts(store):
         stage(payload, "src", store)
     assert not store.root.exists() or not any(store.root.rglob("*"))
     assert len(quarantined(store, stage(payload, "src", store, policy=ValidationPolicy(0.1)))) == 3
+
+
+def test_a_share_just_over_the_limit_shows_the_digits_that_tell_it_from_the_limit(store, abalone_bytes):
+    lines = abalone_bytes.splitlines()
+    for index in range(0, 410, 10):  # 41 rows with an unknown Sex, besides the file's own two zero heights
+        lines[index] = b"X" + lines[index][1:]
+    with pytest.raises(StagingError, match=r": 43 of 4177 rows \(1\.03%\) break .* more than the 1\.00% allowed"):
+        stage(b"\n".join(lines) + b"\n", "abalone.data", store)
 
 
 def test_duplicates_are_counted_against_the_share_too(store):

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from abalone_pipeline.config import BUNDLED_DATA, ConfigError, Settings
-from abalone_pipeline.tasks import check_run_options, gate_metrics, judge, policy_for_run, promote_candidate
+from abalone_pipeline.tasks import check_run_options, gate_candidate, gate_metrics, policy_for_run, promote_candidate
 
 SETTINGS = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
 DAG_RUN = SimpleNamespace(
@@ -20,7 +21,13 @@ METRICS = {"test_rmse": 2.1, "test_mae": 1.5, "test_r2": 0.55, "test_mse": 4.41}
 EVALUATION = {
     "dataset_id": "aaaa",
     "test_rows": 836,
-    "candidate": {"model_uri": "models:/m-1", "run_id": "r1", "metrics": METRICS, "slices": {}},
+    "candidate": {
+        "model_uri": "models:/m-1",
+        "run_id": "r1",
+        "metrics": METRICS,
+        "slices": {},
+        "non_finite_predictions": 0,
+    },
     "champion": None,
     "comparison": None,
     "baselines": {"mean": {**METRICS, "test_rmse": 3.2}, "linear": {**METRICS, "test_rmse": 2.2}},
@@ -34,7 +41,7 @@ def test_a_candidate_trained_on_other_data_is_never_promoted():
         promote_candidate(
             SETTINGS,
             candidate=candidate,
-            decision=judge(SETTINGS, EVALUATION, {}, DAG_RUN),
+            decision=gate_candidate(EVALUATION, check_run_options(SETTINGS, {}), DAG_RUN),
             staged={"dataset_id": "bbbb", "manifest_uri": "m"},
             dag_run=DAG_RUN,
             try_number=1,
@@ -44,7 +51,26 @@ def test_a_candidate_trained_on_other_data_is_never_promoted():
 def test_forcing_needs_a_reason_before_anything_runs():
     with pytest.raises(AirflowFailException, match="force_promote needs a force_reason"):
         check_run_options(SETTINGS, {"force_promote": True, "force_reason": "  "})
-    check_run_options(SETTINGS, {"force_promote": True, "force_reason": "rollback of a bad feed"})
+    forced = check_run_options(SETTINGS, {"force_promote": True, "force_reason": " rollback of a bad feed "})
+    assert forced["force_reason"] == "rollback of a bad feed"
+    assert check_run_options(SETTINGS, {"force_reason": "not forced"})["force_reason"] is None
+
+
+def test_preflight_resolves_the_options_the_later_tasks_act_on():
+    options = check_run_options(SETTINGS, {"gate": {"max_rmse": 2.0}, "dry_run": True})
+    assert options["source_uri"] == SETTINGS.source_uri, "no source_uri Param: the configured source"
+    assert options["max_quarantine_fraction"] == pytest.approx(SETTINGS.max_quarantine_fraction)
+    assert options["dry_run"] is True and options["force_reason"] is None
+    assert options["gate_policy"] == {**SETTINGS.gate_policy.to_dict(), "max_rmse": 2.0}
+    json.dumps(options, allow_nan=False)  # an XCom
+
+
+def test_the_gate_applies_the_policy_preflight_resolved():
+    lenient = check_run_options(SETTINGS, {})
+    strict = check_run_options(SETTINGS, {"gate": {"max_rmse": 2.0}})
+    assert gate_candidate(EVALUATION, lenient, DAG_RUN)["promote"]
+    decision = gate_candidate(EVALUATION, strict, DAG_RUN)
+    assert not decision["promote"] and decision["policy"] == strict["gate_policy"]
 
 
 def test_a_run_overrides_single_policy_keys():
@@ -53,13 +79,12 @@ def test_a_run_overrides_single_policy_keys():
         policy_for_run(SETTINGS, {"gate": {"max_rmse": "low"}})
 
 
-def test_judge_records_who_forced_and_why():
+def test_the_gate_records_who_forced_and_why():
     params = {"force_promote": True, "force_reason": "hotfix", "gate": {"max_rmse": 1.0}}
-    decision = judge(SETTINGS, EVALUATION, params, DAG_RUN)
+    decision = gate_candidate(EVALUATION, check_run_options(SETTINGS, params), DAG_RUN)
     assert decision["promote"] and decision["verdict"] == "forced"
     assert decision["forced_by"] == "alice" and decision["force_reason"] == "hotfix"
     assert decision["policy"]["max_rmse"] == pytest.approx(1.0)
-    assert not judge(SETTINGS, EVALUATION, {"gate": {"max_rmse": 1.0}}, DAG_RUN)["promote"]
 
 
 def test_staging_fails_at_once_on_what_a_retry_cannot_fix(tmp_path):

@@ -1,15 +1,14 @@
 """Command line of the trainer image: ``abalone-trainer train|evaluate``.
 
 The last line a command prints to stdout is ``ABALONE_RESULT <json>``: the small result the DAG
-validates. A failure prints ``ABALONE_ERROR <message>`` and exits non-zero; exit code 3 means the
-input is bad and retrying cannot help, 4 that a newer attempt owns the task (see ``abalone_trainer.fence``),
-143 that the container was stopped (SIGTERM).
+validates (its shape is ``abalone_contract.results``). A failure prints ``ABALONE_ERROR <message>`` and
+exits non-zero; exit code 3 means the input is bad and retrying cannot help, 4 that a newer attempt owns
+the task (see ``abalone_trainer.fence``), 143 that the container was stopped (SIGTERM).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -17,16 +16,20 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+from abalone_contract.constants import (
+    BAD_INPUT_PREFIX,
+    EVAL_SLICES,
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_SUPERSEDED,
+    EXIT_TERMINATED,
+    SUPERSEDED_PREFIX,
+    parse_slices,
+)
+from abalone_contract.hyperparams import HyperParams
+from abalone_contract.results import error_line, result_line
 from abalone_trainer import signals
-from abalone_trainer.defaults import HyperParams
 from abalone_trainer.stats import SliceSpec
-
-RESULT_MARKER = "ABALONE_RESULT"
-ERROR_MARKER = "ABALONE_ERROR"
-EXIT_FAILED = 1
-EXIT_BAD_INPUT = 3
-EXIT_SUPERSEDED = 4
-EXIT_TERMINATED = 128 + 15
 
 log = logging.getLogger("abalone_trainer")
 
@@ -54,19 +57,11 @@ def _units(text: str) -> tuple[int, ...]:
 
 def _slices(text: str) -> SliceSpec:
     """``sex;rings:7,11`` -> slices by Sex and by the age bands <= 7, 8-11, >= 12; ``none`` -> no slices."""
-    by_sex, bands = False, ()
     try:
-        for part in filter(None, (part.strip() for part in text.split(";"))):
-            name, _, edges = part.partition(":")
-            if name == "sex" and not edges:
-                by_sex = True
-            elif name == "rings" and edges:
-                bands = tuple(int(edge) for edge in edges.split(","))
-            elif name != "none":
-                raise ValueError(f"unknown slice {part!r}; use sex, rings:EDGES or none")
-        return SliceSpec(by_sex=by_sex, rings_bands=bands)
+        by_sex, bands = parse_slices(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from exc
+    return SliceSpec(by_sex=by_sex, rings_bands=bands)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--slices",
         type=_slices,
-        default=SliceSpec(),
+        default=_slices(EVAL_SLICES),
         metavar="SPEC",
         help="slices to score: 'sex', 'rings:7,11' (upper edges of the age bands), both joined by ';', or 'none'",
     )
@@ -194,35 +189,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     seed_matplotlib_cache()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    if not args.tracking_uri:
+        message = f"{BAD_INPUT_PREFIX} no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI"
+        log.error(message)
+        print(error_line(message), flush=True)
+        return EXIT_BAD_INPUT
     signals.install()
     quiet_known_noise(args.tracking_uri)
     from abalone_trainer.tracking import never_finish_at_exit
 
     never_finish_at_exit()
+    from abalone_contract.hyperparams import InvalidHyperParams
     from abalone_trainer.data import DataError
-    from abalone_trainer.defaults import InvalidHyperParams
     from abalone_trainer.fence import Superseded
 
     try:
-        result = run(args)
+        line = result_line(args.command, run(args))
     except Superseded as exc:
         signals.ignore()  # a stop now changes nothing: the run is already KILLED
         log.error("superseded: %s; exiting without finishing anything", exc)
-        print(f"{ERROR_MARKER} superseded: {exc}", flush=True)
+        print(error_line(f"{SUPERSEDED_PREFIX} {exc}"), flush=True)
         return EXIT_SUPERSEDED
     except signals.Terminated as exc:
         log.error("%s %s", args.command, exc)
-        print(f"{ERROR_MARKER} {args.command} {exc}", flush=True)
+        print(error_line(f"{args.command} {exc}"), flush=True)
         return EXIT_TERMINATED
     except (DataError, InvalidHyperParams) as exc:
         log.error("bad input: %s", exc)
-        print(f"{ERROR_MARKER} bad input: {exc}", flush=True)
+        print(error_line(f"{BAD_INPUT_PREFIX} {exc}"), flush=True)
         return EXIT_BAD_INPUT
     except Exception as exc:
         log.exception("%s failed", args.command)
-        print(f"{ERROR_MARKER} {args.command} failed: {type(exc).__name__}: {exc}", flush=True)
+        print(error_line(f"{args.command} failed: {type(exc).__name__}: {exc}"), flush=True)
         return EXIT_FAILED
-    print(f"{RESULT_MARKER} {json.dumps(result, sort_keys=True)}", flush=True)
+    print(line, flush=True)
     return 0
 
 

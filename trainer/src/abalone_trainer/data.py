@@ -15,11 +15,9 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 import pandas as pd
 
-from abalone_trainer.defaults import FEATURES, LABEL, NUMERIC_FEATURES
+from abalone_contract.constants import FEATURES, LABEL, NUMERIC_FEATURES, SPLITS
 
 log = logging.getLogger(__name__)
-
-SPLITS: tuple[str, ...] = ("train", "validation", "test")
 
 
 class DataError(Exception):

@@ -10,13 +10,13 @@ import logging
 from typing import Any
 
 import numpy as np
-from mlflow.exceptions import MlflowException
 from requests.exceptions import ConnectionError as RequestsConnectionError
 from requests.exceptions import Timeout
 
+from abalone_contract.constants import CONFIDENCE_LEVELS, FEATURES, LABEL, TAG_DATASET_ID
+from abalone_contract.tracking import alias_version
 from abalone_trainer import stats, tracking
 from abalone_trainer.data import StagedData
-from abalone_trainer.defaults import FEATURES, LABEL
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +39,10 @@ def with_prefix(metrics: dict[str, float]) -> dict[str, float]:
 
 def resolve_champion(client, model_name: str, alias: str) -> dict[str, Any] | None:
     """The version that ``alias`` points at, or None when the model or the alias does not exist yet."""
-    try:
-        version = client.get_model_version_by_alias(model_name, alias)
-    except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
-            log.info("no %s@%s yet (%s): the candidate is judged on its own", model_name, alias, exc.error_code)
-            return None
-        raise
+    version = alias_version(client, model_name, alias)
+    if version is None:
+        log.info("no %s@%s yet: the candidate is gated on its own", model_name, alias)
+        return None
     return {
         "version": str(version.version),
         "run_id": version.run_id,
@@ -62,7 +59,7 @@ def prior_runs(client, candidate_run_id: str, dataset_id: str, limit: int = PRIO
     """
     experiment_id = client.get_run(candidate_run_id).info.experiment_id
     finished = "attributes.status = 'FINISHED' and metrics.test_rmse >= 0"
-    for basis, extra in (("same dataset", f" and tags.`abalone.dataset_id` = '{dataset_id}'"), ("any dataset", "")):
+    for basis, extra in (("same dataset", f" and tags.`{TAG_DATASET_ID}` = '{dataset_id}'"), ("any dataset", "")):
         runs = client.search_runs(
             [experiment_id],
             filter_string=finished + extra,
@@ -185,7 +182,7 @@ def evaluate(
         "bootstrap": {
             "resamples": resamples,
             "seed": seed,
-            "levels": [str(level) for level in stats.CONFIDENCE_LEVELS],
+            "levels": [str(level) for level in CONFIDENCE_LEVELS],
         },
         "candidate": candidate,
         "champion": champion,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from abalone_trainer.defaults import NUMERIC_FEATURES, SEX_VOCABULARY, HyperParams
+from abalone_contract.constants import NUMERIC_FEATURES, SEXES
+from abalone_contract.hyperparams import HyperParams
 
 # Smooth units: over five seeds, tanh gave a lower and steadier test RMSE than relu with the same layers.
 ACTIVATION = "tanh"
@@ -26,9 +27,7 @@ def build_model(train_features: dict[str, np.ndarray], hparams: HyperParams, lab
     numeric = keras.layers.Concatenate(name="numeric")(numeric_inputs)
     normalizer = keras.layers.Normalization(name="normalize")
     normalizer.adapt(np.concatenate([train_features[name] for name in NUMERIC_FEATURES], axis=1))
-    sex = keras.layers.StringLookup(vocabulary=list(SEX_VOCABULARY), output_mode="one_hot", name="sex_one_hot")(
-        sex_input
-    )
+    sex = keras.layers.StringLookup(vocabulary=list(SEXES), output_mode="one_hot", name="sex_one_hot")(sex_input)
 
     x = keras.layers.Concatenate(name="features")([normalizer(numeric), sex])
     for index, units in enumerate(hparams.hidden_units):

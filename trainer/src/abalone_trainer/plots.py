@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from abalone_trainer.defaults import LABEL
+from abalone_contract.constants import LABEL
 from abalone_trainer.stats import SliceSpec
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import mlflow
 import numpy as np
 import pandas as pd
 
+from abalone_contract.constants import FEATURES
 from abalone_trainer.data import to_features
-from abalone_trainer.defaults import FEATURES
 
 KERAS_ARTIFACT = "keras_model"
 
@@ -34,9 +34,12 @@ class AbaloneRingsModel(mlflow.pyfunc.PythonModel):
         return predict(self.model, to_features(model_input))
 
 
-def package_dir() -> str:
-    """This package's directory, shipped with the model so that loading it needs only MLflow and TensorFlow."""
-    return str(Path(__file__).resolve().parent)
+def package_dirs() -> list[str]:
+    """This package's and the contract's directories, shipped with the model so that loading it needs only
+    MLflow and TensorFlow."""
+    import abalone_contract
+
+    return [str(Path(__file__).resolve().parent), str(Path(abalone_contract.__file__).resolve().parent)]
 
 
 def model_code_path() -> str:

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from abalone_trainer.defaults import LABEL, NUMERIC_FEATURES, SEX_VOCABULARY
+from abalone_contract.constants import CONFIDENCE_LEVELS, EVAL_SLICES, LABEL, NUMERIC_FEATURES, SEXES, parse_slices
 
-# Confidence levels the bootstrap reports; the gate policy picks one of them.
-CONFIDENCE_LEVELS: tuple[float, ...] = (0.8, 0.9, 0.95, 0.99)
+_DEFAULT_SLICES = parse_slices(EVAL_SLICES)
 # Resamples per bootstrap block: bounds memory at BLOCK x rows indices whatever the resample count.
 BLOCK = 256
 
@@ -42,8 +41,8 @@ class SliceSpec:
     ``rings_bands`` are upper edges: ``(7, 11)`` gives Rings <= 7, 8-11 and >= 12.
     """
 
-    by_sex: bool = True
-    rings_bands: tuple[int, ...] = (7, 11)
+    by_sex: bool = _DEFAULT_SLICES[0]
+    rings_bands: tuple[int, ...] = _DEFAULT_SLICES[1]
 
     def __post_init__(self) -> None:
         if list(self.rings_bands) != sorted(set(self.rings_bands)):
@@ -54,7 +53,7 @@ class SliceSpec:
         masks: dict[str, np.ndarray] = {}
         if self.by_sex:
             sex = frame["Sex"].to_numpy()
-            for value in SEX_VOCABULARY:
+            for value in SEXES:
                 masks[f"sex={value}"] = sex == value
         rings = frame[LABEL].to_numpy()
         lower = None
@@ -121,7 +120,7 @@ def paired_bootstrap(
 def _design(frame: pd.DataFrame) -> np.ndarray:
     """Intercept, the numeric measurements and a one-hot Sex (first level dropped): least squares' inputs."""
     numeric = frame[list(NUMERIC_FEATURES)].to_numpy(dtype="float64")
-    sex = np.stack([(frame["Sex"] == value).to_numpy(dtype="float64") for value in SEX_VOCABULARY[1:]], axis=1)
+    sex = np.stack([(frame["Sex"] == value).to_numpy(dtype="float64") for value in SEXES[1:]], axis=1)
     return np.hstack([np.ones((len(frame), 1)), numeric, sex])
 
 

@@ -1,4 +1,4 @@
-"""MLflow helpers shared by training and scoring: experiment lookup, idempotent runs, registry reads."""
+"""MLflow helpers of the trainer: the client, the experiment, the run a retry reuses, ending runs on purpose."""
 
 from __future__ import annotations
 
@@ -10,21 +10,15 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-log = logging.getLogger(__name__)
+from abalone_contract.constants import TAG_DATASET_ID, TAG_IDEMPOTENCY_KEY
+from abalone_contract.tracking import mlflow_client
 
-IDEMPOTENCY_TAG = "abalone.idempotency_key"
-# The Airflow attempt (try number and a nonce) that made a run; see abalone_trainer.fence.
-ATTEMPT_TAG = "abalone.attempt"
+log = logging.getLogger(__name__)
 
 
 def configure(tracking_uri: str | None) -> MlflowClient:
-    """Point MLflow at ``tracking_uri`` (an http(s) URL or a SageMaker MLflow ARN) and return a client."""
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise ValueError("no MLflow tracking URI: pass --tracking-uri or set MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    """Point MLflow at ``tracking_uri`` (else $MLFLOW_TRACKING_URI) and return a client."""
+    return mlflow_client(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", ""))
 
 
 def ensure_experiment(client: MlflowClient, name: str) -> str:
@@ -46,24 +40,13 @@ def find_finished_run(client: MlflowClient, experiment_id: str, key: str, datase
     runs = client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.`{IDEMPOTENCY_TAG}` = '{key}' and tags.`abalone.dataset_id` = '{dataset_id}' "
+            f"tags.`{TAG_IDEMPOTENCY_KEY}` = '{key}' and tags.`{TAG_DATASET_ID}` = '{dataset_id}' "
             "and attributes.status = 'FINISHED'"
         ),
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
     return runs[0] if runs else None
-
-
-def close_abandoned_runs(client: MlflowClient, experiment_id: str, key: str) -> None:
-    """Mark runs left RUNNING by a killed attempt for ``key`` as KILLED, so history tells the truth."""
-    for run in client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`{IDEMPOTENCY_TAG}` = '{key}' and attributes.status = 'RUNNING'",
-        max_results=50,
-    ):
-        log.warning("marking run %s of an earlier, interrupted attempt as KILLED", run.info.run_id)
-        client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def end_active_run(status: str, *, quickly: bool = False) -> None:

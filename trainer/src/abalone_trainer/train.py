@@ -12,9 +12,20 @@ from typing import Any
 
 import numpy as np
 
+from abalone_contract.constants import (
+    FEATURES,
+    LABEL,
+    TAG_ATTEMPT,
+    TAG_CODE_REVISION,
+    TAG_DATASET_ID,
+    TAG_IDEMPOTENCY_KEY,
+    TAG_MANIFEST_URI,
+    TAG_MODEL_URI,
+)
+from abalone_contract.hyperparams import HyperParams
+from abalone_contract.tracking import close_running_runs
 from abalone_trainer import tracking
 from abalone_trainer.data import StagedData, to_features, to_labels
-from abalone_trainer.defaults import FEATURES, LABEL, HyperParams
 from abalone_trainer.fence import Fence, Superseded
 from abalone_trainer.model import as_dataset, build_model, predict
 from abalone_trainer.plots import log_test_plots
@@ -71,7 +82,7 @@ def log_model(model, example):
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    from abalone_trainer.pyfunc import KERAS_ARTIFACT, model_code_path, package_dir
+    from abalone_trainer.pyfunc import KERAS_ARTIFACT, model_code_path, package_dirs
 
     signature = infer_signature(example, predict(model, to_features(example)))
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,7 +92,7 @@ def log_model(model, example):
             name=MODEL_NAME_IN_RUN,
             python_model=model_code_path(),
             artifacts={KERAS_ARTIFACT: str(keras_path)},
-            code_paths=[package_dir()],
+            code_paths=package_dirs(),
             signature=signature,
             input_example=example,
             pip_requirements=[f"tensorflow=={tf.__version__}", f"mlflow-skinny=={mlflow.__version__}", "pandas"],
@@ -148,15 +159,15 @@ def train_and_log(
     if previous is not None:
         log.info("run %s already trained %s; reusing it", previous.info.run_id, idempotency_key)
         return _result_from_run(previous, reused=True)
-    tracking.close_abandoned_runs(client, experiment_id, idempotency_key)
+    close_running_runs(client, experiment_id, idempotency_key)
 
     run_tags = {
-        tracking.IDEMPOTENCY_TAG: idempotency_key,
-        "abalone.dataset_id": data.dataset_id,
-        "abalone.manifest_uri": data.manifest_uri,
+        TAG_IDEMPOTENCY_KEY: idempotency_key,
+        TAG_DATASET_ID: data.dataset_id,
+        TAG_MANIFEST_URI: data.manifest_uri,
         # Baked into the image at build time (see trainer/Dockerfile); absent when run from a checkout.
-        **({"abalone.code_revision": revision} if (revision := os.environ.get("ABALONE_CODE_REVISION")) else {}),
-        **({tracking.ATTEMPT_TAG: fence.attempt} if fence.attempt else {}),
+        **({TAG_CODE_REVISION: revision} if (revision := os.environ.get("ABALONE_CODE_REVISION")) else {}),
+        **({TAG_ATTEMPT: fence.attempt} if fence.attempt else {}),
         **(tags or {}),
     }
     # Not `with start_run()`: leaving the block on an exception would end the run FAILED, and a superseded
@@ -203,7 +214,7 @@ def train_and_log(
 
         fence.check(required=True)
         model_info = log_model(model, test[list(FEATURES)].head(5).reset_index(drop=True))
-        mlflow.set_tag("abalone.model_uri", model_info.model_uri)
+        mlflow.set_tag(TAG_MODEL_URI, model_info.model_uri)
         fence.check(required=True)
         status = client.get_run(run.info.run_id).info.status
         if status != "RUNNING":  # marked KILLED by a newer attempt or the cleanup: it stays so
@@ -228,9 +239,9 @@ def _result_from_run(run, *, reused: bool, model_uri: str | None = None) -> dict
     return {
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
-        "model_uri": model_uri or run.data.tags["abalone.model_uri"],
-        "dataset_id": run.data.tags["abalone.dataset_id"],
-        "code_revision": run.data.tags.get("abalone.code_revision"),
+        "model_uri": model_uri or run.data.tags[TAG_MODEL_URI],
+        "dataset_id": run.data.tags[TAG_DATASET_ID],
+        "code_revision": run.data.tags.get(TAG_CODE_REVISION),
         "metrics": {name: metrics[name] for name in ("test_rmse", "test_mae", "test_r2", "test_mse")},
         "reused": reused,
     }

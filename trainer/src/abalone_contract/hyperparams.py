@@ -1,22 +1,8 @@
-"""Model constants and hyperparameter defaults; the pipeline's settings live in the Airflow-side config."""
+"""What one training run may vary, and the defaults: the trainer's flags and the DAG's Params both start here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-FEATURES: tuple[str, ...] = (
-    "Sex",
-    "Length",
-    "Diameter",
-    "Height",
-    "Whole_weight",
-    "Shucked_weight",
-    "Viscera_weight",
-    "Shell_weight",
-)
-NUMERIC_FEATURES: tuple[str, ...] = FEATURES[1:]
-SEX_VOCABULARY: tuple[str, ...] = ("M", "F", "I")
-LABEL = "Rings"
 
 
 class InvalidHyperParams(ValueError):

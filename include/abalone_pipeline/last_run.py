@@ -1,9 +1,10 @@
-"""``python -m abalone_pipeline.report``: what the last run decided and where to look."""
+"""``python -m abalone_pipeline.last_run``: what the last run decided and where to look (printed by make run)."""
 
 from __future__ import annotations
 
 import sys
 
+from abalone_contract.tracking import mlflow_client
 from abalone_pipeline.config import Settings
 from abalone_pipeline.links import run_link
 from abalone_pipeline.registry import (
@@ -12,7 +13,6 @@ from abalone_pipeline.registry import (
     TAG_OUTCOME,
     TAG_REASONS,
     current_version,
-    mlflow_client,
 )
 
 

@@ -5,7 +5,8 @@ import math
 
 import pytest
 
-from abalone_pipeline.results import ResultError, extract, parse_evaluation, parse_train
+from abalone_contract.constants import parse_slices
+from abalone_contract.results import ResultError, error_line, extract, parse_evaluation, parse_train, result_line
 
 METRICS = {"test_rmse": 2.1, "test_mae": 1.5, "test_r2": 0.55, "test_mse": 4.41}
 TRAIN = {"run_id": "abc", "model_uri": "models:/m-1", "dataset_id": "d1", "metrics": METRICS, "reused": False}
@@ -87,3 +88,42 @@ def test_non_finite_and_missing_metrics_reach_the_gate_as_none():
         "comparison": {"overall": comparison(math.nan), "slices": {"sex=M": comparison(math.inf)}},
     }
     json.dumps(parse_evaluation(json.dumps(payload)), allow_nan=False)
+
+
+def test_the_trainers_count_of_non_finite_predictions_reaches_the_gate():
+    payload = {**BASE, "candidate": {**BASE["candidate"], "non_finite_predictions": 7}}
+    assert parse_evaluation(json.dumps(payload))["candidate"]["non_finite_predictions"] == 7
+    with pytest.raises(ResultError, match="non_finite_predictions must be a count"):
+        parse_evaluation(json.dumps({**BASE, "candidate": {**BASE["candidate"], "non_finite_predictions": -1}}))
+
+
+def test_the_trainer_cannot_print_a_result_the_pipeline_would_refuse():
+    line = result_line("train", TRAIN)
+    assert line.startswith("ABALONE_RESULT ") and parse_train(extract([line]))["run_id"] == "abc"
+    with pytest.raises(ResultError, match=r"train\.model_uri"):
+        result_line("train", {**TRAIN, "model_uri": None})
+    with pytest.raises(ResultError, match=r"evaluate\.test_rows"):
+        result_line("evaluate", {**BASE, "test_rows": "836"})
+
+
+def test_an_error_line_is_one_line_whatever_the_message():
+    line = error_line("bad input: cannot read s3://b/k:\n  NoSuchKey")
+    assert line == "ABALONE_ERROR bad input: cannot read s3://b/k: NoSuchKey"
+    assert extract(f"noise\n{line}\n", "ABALONE_ERROR") == "bad input: cannot read s3://b/k: NoSuchKey"
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [("sex;rings:7,11", (True, (7, 11))), ("rings:5", (False, (5,))), ("none", (False, ())), ("sex", (True, ()))],
+)
+def test_slice_specs_parse_the_same_on_both_sides(text, parsed):
+    assert parse_slices(text) == parsed
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("sex,rings", "unknown slice"), ("rings:11,7", "increasing"), ("rings:a", "integers"), ("rings:", "unknown")],
+)
+def test_bad_slice_specs_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_slices(text)
