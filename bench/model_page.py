@@ -222,6 +222,11 @@ def sanity(uri: str, settings, report_run: tuple[str, str]) -> str:
     )
 
 
+def _cell(seconds: list[float]) -> str:
+    """Median (max) in milliseconds."""
+    return f"{statistics.median(seconds) * 1000:.1f} ({max(seconds) * 1000:.1f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--levels", type=int, nargs="+", default=[1000, 10000], help="runs in the experiment")
@@ -283,17 +288,13 @@ def main() -> None:
     print("| level | runs | versions | " + " | ".join(f"{name} ms" for name in COLUMNS) + " |")
     print("|---|---|---|" + "---|" * len(COLUMNS))
     for level, runs, versions, _, samples in results:
-        cells = " | ".join(
-            f"{statistics.median(samples[name]) * 1000:.1f} ({max(samples[name]) * 1000:.1f})" for name in COLUMNS
-        )
+        cells = " | ".join(_cell(samples[name]) for name in COLUMNS)
         print(f"| {level:,} | {runs:,} | {versions:,} | {cells} |")
     print("\nInside dashboard.decisions, the same requests timed apart:\n")
     print("| level | " + " | ".join(f"{name} ms" for name in PARTS) + " |")
     print("|---|" + "---|" * len(PARTS))
     for level, _, _, _, samples in results:
-        cells = " | ".join(
-            f"{statistics.median(samples[name]) * 1000:.1f} ({max(samples[name]) * 1000:.1f})" for name in PARTS
-        )
+        cells = " | ".join(_cell(samples[name]) for name in PARTS)
         print(f"| {level:,} | {cells} |")
     first = results[0]
     low = statistics.median(first[4]["page total"])

@@ -171,6 +171,7 @@ def audit_tags(
     staged: dict[str, Any], candidate: dict[str, Any], dag_run, try_number: int, run_url: str
 ) -> dict[str, str]:
     """Where a promoted version comes from: the data, the Airflow run, the image and the code."""
+    from abalone_contract.constants import TAG_CODE_REVISION, TAG_DATASET_ID, TAG_MANIFEST_URI
     from abalone_pipeline import registry
 
     image = candidate.get("trainer_image") or {}
@@ -181,14 +182,14 @@ def audit_tags(
         "airflow.run_after": str(dag_run.run_after),
         "airflow.try_number": str(try_number),
         "airflow.triggered_by": triggered_by(dag_run),
-        "abalone.dataset_id": staged["dataset_id"],
-        "abalone.manifest_uri": staged["manifest_uri"],
+        TAG_DATASET_ID: staged["dataset_id"],
+        TAG_MANIFEST_URI: staged["manifest_uri"],
         "abalone.source_uri": staged.get("source_uri", ""),
         "abalone.source_sha256": staged.get("source_sha256", ""),
         "abalone.trainer_image": image.get("name", ""),
         "abalone.trainer_image_id": image.get("id", ""),
         "abalone.trainer_image_digest": image.get("digest") or "none (built locally, never pushed)",
-        "abalone.code_revision": image.get("revision") or candidate.get("code_revision") or "unknown",
+        TAG_CODE_REVISION: image.get("revision") or candidate.get("code_revision") or "unknown",
         "mlflow.run_id": candidate["run_id"],
         "airflow.run_url": run_url,
     }
