@@ -51,7 +51,7 @@ rollback: venv
 		| grep -E "abalone_pipeline|rolled|cannot roll back|Marking run" ; $(PY) -m abalone_pipeline.history
 
 test: venv image
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 test-fast: venv
 	$(PY) -m pytest -m "not e2e"

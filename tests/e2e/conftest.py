@@ -65,6 +65,15 @@ def chromium(profile: Path, width: int, height: int):
     return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
+def wait_until(browser, condition, timeout: float = 60):
+    """Poll ``condition(browser)`` until it is truthy. The UI is a React app: an element read between a
+    lookup and its ``.text`` may have been re-rendered (or the page navigated), which is a retry, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(browser, timeout, ignored_exceptions=(StaleElementReferenceException,)).until(condition)
+
+
 free_port = local_mlflow.free_port
 
 

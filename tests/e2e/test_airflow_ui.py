@@ -27,7 +27,7 @@ import pytest
 
 from abalone_pipeline.config import PROJECT_ROOT
 
-from .conftest import chromium, free_port
+from .conftest import chromium, free_port, wait_until
 
 DAG_ID = "abalone_retraining"
 CHROMIUM = shutil.which("chromium")
@@ -112,10 +112,9 @@ def browser(tmp_path_factory, live):
 
 def wait_for_text(browser, *texts: str, timeout: float = 60) -> str:
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(browser, timeout).until(
-        lambda b: all(text in b.find_element(By.TAG_NAME, "body").text for text in texts)
+    wait_until(
+        browser, lambda b: all(text in b.find_element(By.TAG_NAME, "body").text for text in texts), timeout=timeout
     )
     return browser.find_element(By.TAG_NAME, "body").text
 
@@ -131,11 +130,10 @@ def run_page(live: Live, outcome: str) -> str:
 def log_in(live: Live, browser) -> None:
     """The login form, as a new user meets it (the simple auth manager's, user admin)."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.delete_all_cookies()
     browser.get(live.base)
-    WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, "input[name=username]"))
+    wait_until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "input[name=username]"), timeout=60)
     browser.find_element(By.CSS_SELECTOR, "input[name=username]").send_keys("admin")
     browser.find_element(By.CSS_SELECTOR, "input[name=password]").send_keys(live.password)
     browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
@@ -166,13 +164,14 @@ def grid_state(browser, run_id: str, task_id: str) -> str:
     """The state the grid shows for one task of one run: its cell's tooltip, as an operator reads it."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     cell = browser.find_element(By.ID, f"grid-{run_id}-{task_id}")
     ActionChains(browser).move_to_element(cell).perform()
     shown = f"Run ID: {run_id}"
-    tooltip = WebDriverWait(browser, 20).until(
-        lambda b: next((t.text for t in b.find_elements(By.CSS_SELECTOR, "[role=tooltip]") if shown in t.text), None)
+    tooltip = wait_until(
+        browser,
+        lambda b: next((t.text for t in b.find_elements(By.CSS_SELECTOR, "[role=tooltip]") if shown in t.text), None),
+        timeout=20,
     )
     assert f"Task ID: {task_id}" in tooltip, tooltip
     return tooltip.split("State: ", 1)[1].split("\n", 1)[0]
@@ -244,12 +243,11 @@ def test_each_extra_link_opens_the_right_mlflow_page_also_after_an_api_server_re
 def open_model_page(live: Live, browser) -> str:
     """The nav's "Model" entry (one click), then the page inside its frame."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(live.base)
     wait_for_text(browser, "Model")
     browser.find_element(By.CSS_SELECTOR, "a[aria-label=Model], a[href$='/plugin/abalone-model']").click()
-    frame = WebDriverWait(browser, 30).until(lambda b: b.find_element(By.TAG_NAME, "iframe"))
+    frame = wait_until(browser, lambda b: b.find_element(By.TAG_NAME, "iframe"), timeout=30)
     browser.switch_to.frame(frame)
     return frame
 

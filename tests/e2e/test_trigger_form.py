@@ -16,7 +16,7 @@ import pytest
 
 from abalone_pipeline.config import PROJECT_ROOT
 
-from .conftest import chromium, free_port
+from .conftest import chromium, free_port, wait_until
 
 DAG_ID = "abalone_retraining"
 CHROMIUM = shutil.which("chromium")
@@ -91,14 +91,17 @@ def open_form(browser, base: str):
     """The DAG's page, then its Trigger button: returns the form's dialog."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{base}/dags/{DAG_ID}")
-    WebDriverWait(browser, 60).until(
-        ec.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']"))
+    wait_until(
+        browser,
+        ec.element_to_be_clickable((By.CSS_SELECTOR, "button[aria-label='Trigger Dag']")),
+        timeout=60,
     ).click()
-    WebDriverWait(browser, 30).until(
-        lambda b: "Run Parameters" in b.find_elements(By.CSS_SELECTOR, "[role=dialog]")[-1].text
+    wait_until(
+        browser,
+        lambda b: "Run Parameters" in b.find_elements(By.CSS_SELECTOR, "[role=dialog]")[-1].text,
+        timeout=30,
     )
     return browser.find_elements(By.CSS_SELECTOR, "[role=dialog]")[-1]
 
@@ -146,13 +149,12 @@ def test_the_form_shows_every_param_and_a_changed_value_reaches_the_run(api_serv
 
 
 def test_an_out_of_bounds_value_is_refused_and_creates_no_run(api_server, browser):
-    from selenium.webdriver.support.ui import WebDriverWait
 
     before = {run["dag_run_id"] for run in dag_runs(api_server)}
     dialog = open_form(browser, api_server)
     set_field(browser, "max_quarantine_fraction", "1")  # the share must be below 1
     submit(dialog)
-    WebDriverWait(browser, 30).until(lambda b: "Failed to Trigger" in b.page_source)
+    wait_until(browser, lambda b: "Failed to Trigger" in b.page_source, timeout=30)
     browser.save_screenshot(str(ARTIFACTS / "trigger-form-refused.png"))
     time.sleep(2)
     assert {run["dag_run_id"] for run in dag_runs(api_server)} == before, "a refused form created a run"
