@@ -318,7 +318,9 @@ def main() -> None:
         done = []
         for index in range(args.runs):
             token = local_airflow.login(stack)
-            run_id, run, tis = one_run(stack, token, {"epochs": args.epochs}, f"bench/scheduler_overhead {index + 1}")
+            run_id, run, tis = one_run(
+                stack, token, {"epochs": args.epochs, "force_training": True}, f"bench/scheduler_overhead {index + 1}"
+            )
             command = rendered_command(stack, token, run_id)
             alone = nightly_overhead.trainer_alone(env, command, f"bench/scheduler-alone-{index}")
             print(f"  trainer alone: {alone:.1f} s", flush=True)

@@ -11,7 +11,9 @@ alias in the MLflow model registry only when the gate passes.
 * **stage**: validate the source, split it deterministically, write the splits and a manifest under
   a content-addressed prefix (never rewritten), and compare it with the previously staged dataset (drift).
 * **train**: `abalone-trainer train` in the trainer image (GPU queue and pool); logs params, per-epoch
-  and test metrics, dataset lineage and the model to MLflow.
+  and test metrics, dataset lineage and the model to MLflow. Skipped, with the reason in its log, when
+  the staged dataset, the trainer image and the hyperparameters are all the champion's (a new model could
+  only tie it); evaluate is then skipped too and the gate records the night as `unchanged`.
 * **evaluate**: `abalone-trainer evaluate`: candidate, `champion`, a mean and a least-squares baseline
   on the same test rows, overall and per slice, with a paired bootstrap of the RMSE difference.
 * **gate**: a pure, declarative policy over those numbers (ceiling, baselines, improvement over the
@@ -40,6 +42,7 @@ hyperparameters, the source and the gate for one run, and offers a dry run and a
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 
 from airflow.sdk import Asset, Param, dag, task
 from docker.types import Mount
@@ -52,6 +55,7 @@ from abalone_pipeline.gate import POLICY_SCHEMA
 from abalone_pipeline.links import GateReportLink, ModelVersionLink, run_link, with_links
 from abalone_pipeline.notify import failure_notifiers
 from abalone_pipeline.operators import TrainerContainerOperator
+from abalone_pipeline.reuse import unchanged_since_champion
 from abalone_pipeline.tasks import clean_up_after_failure
 
 settings = Settings.from_env()
@@ -154,6 +158,15 @@ container_defaults = {
                 'defaults: for example {"max_rmse": 2.3} only lowers the ceiling.'
             ),
         ),
+        "force_training": Param(
+            False,
+            type="boolean",
+            title="Train even if unchanged",
+            description=(
+                "Train even when the staged dataset, the trainer image and the hyperparameters are the "
+                "champion's (the night is otherwise skipped: a new model could only tie it)."
+            ),
+        ),
         "dry_run": Param(
             False,
             type="boolean",
@@ -229,6 +242,17 @@ def abalone_retraining():
         execution_timeout=timedelta(minutes=settings.train_timeout_minutes),
         timeout_setting="ABALONE_TRAIN_TIMEOUT_MINUTES",
         result_parser=parse_train,
+        # Nothing the model depends on changed since the champion's training: skip it (abalone_pipeline.reuse).
+        skip_check=partial(unchanged_since_champion, settings),
+        skip_inputs={
+            "dataset_id": staged["dataset_id"],
+            "options": options,
+            "hyperparams": {
+                "epochs": "{{ params.epochs }}",
+                "batch_size": "{{ params.batch_size }}",
+                "learning_rate": "{{ params.learning_rate }}",
+            },
+        },
         multiple_outputs=True,  # its run_id and model_uri are XComs of their own, for evaluate's command
         mlflow_link=lambda result: run_link(settings, result["run_id"]),
         **container_defaults,
@@ -262,28 +286,42 @@ def abalone_retraining():
     )
 
     # A branch: the decision is always recorded, and the registry is touched only for a blessed (or
-    # forced) candidate, so the grid shows a promotion as a run whose promote task succeeded.
-    @task.branch
-    def gate(candidate: dict, evaluation: dict, staged: dict, options: dict, dag_run=None, ti=None) -> list[str]:
+    # forced) candidate, so the grid shows a promotion as a run whose promote task succeeded. It also
+    # runs when train was skipped (none_failed), to record that night as unchanged.
+    @task.branch(trigger_rule="none_failed")
+    def gate(
+        candidate: dict | None,
+        evaluation: dict | None,
+        staged: dict,
+        options: dict,
+        unchanged: str | None,
+        dag_run=None,
+        ti=None,
+    ) -> list[str]:
         """Pass the candidate through the run's gate policy and record the decision on its MLflow run."""
-        from abalone_pipeline.summary import DRY_RUN, REJECTED
+        from abalone_pipeline.summary import DRY_RUN, REJECTED, UNCHANGED, unchanged_decision
         from abalone_pipeline.tasks import gate_candidate, gate_report_link, record_decision
 
-        decision = record_decision(
-            settings,
-            candidate=candidate,
-            decision=gate_candidate(evaluation, options, dag_run),
-            evaluation=evaluation,
-            staged=staged,
-            dry_run=options["dry_run"],
-            dag_run=dag_run,
-            try_number=ti.try_number,
-        )
+        if unchanged:  # train was skipped: nothing to gate, the night is recorded as unchanged
+            decision = unchanged_decision(unchanged)
+        else:
+            decision = record_decision(
+                settings,
+                candidate=candidate,
+                decision=gate_candidate(evaluation, options, dag_run),
+                evaluation=evaluation,
+                staged=staged,
+                dry_run=options["dry_run"],
+                dag_run=dag_run,
+                try_number=ti.try_number,
+            )
+            report = gate_report_link(settings, candidate["run_id"], decision["experiment_id"])
+            GateReportLink.persist({"ti": ti}, report)
         ti.xcom_push(key="decision", value=decision)
-        GateReportLink.persist({"ti": ti}, gate_report_link(settings, candidate["run_id"], decision["experiment_id"]))
-        return ["summarize"] if decision["outcome"] in (REJECTED, DRY_RUN) else ["promote", "summarize"]
+        return ["summarize"] if decision["outcome"] in (REJECTED, DRY_RUN, UNCHANGED) else ["promote", "summarize"]
 
-    decision = with_links(gate(train.output, evaluate.output, staged, options), GateReportLink())["decision"]
+    gated = gate(train.output, evaluate.output, staged, options, train.output["skipped"])
+    decision = with_links(gated, GateReportLink())["decision"]
 
     @task(multiple_outputs=False, pool=settings.registry_pool)
     def promote(candidate: dict, decision: dict, staged: dict, dag_run=None, ti=None) -> dict:
@@ -300,7 +338,7 @@ def abalone_retraining():
     promoted = with_links(promote(train.output, decision, staged), ModelVersionLink())
 
     @task(multiple_outputs=False, trigger_rule="none_failed")
-    def summarize(decision: dict, promoted: dict | None, staged: dict, candidate: dict, dag_run=None) -> dict:
+    def summarize(decision: dict, promoted: dict | None, staged: dict, candidate: dict | None, dag_run=None) -> dict:
         """The run at a glance: decision, scores, the champion now, and the links (JSON in XCom and log)."""
         from abalone_pipeline.tasks import summarize
 

@@ -629,6 +629,22 @@ def follow(stack: Stack, token: str, dag_id: str, run_id: str) -> tuple[str, lis
         time.sleep(2)
 
 
+def run_headline(stack: Stack, token: str, dag_id: str, run_id: str) -> str | None:
+    """The followed run's own outcome (its summarize XCom's headline), or None if it has none (it failed first)."""
+    url = f"{stack.api}/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}"
+    try:
+        status, body = call("GET", f"{url}/taskInstances/summarize/xcomEntries/return_value", token=token)
+    except OSError:
+        return None
+    value = body.get("value") if status == 200 and isinstance(body, dict) else None
+    if isinstance(value, str):  # the API may give the JSON as a string
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value.get("headline") if isinstance(value, dict) else None
+
+
 def trigger(stack: Stack, dag_id: str, conf: dict[str, Any], python: str, *, unpause: bool = False) -> int:
     """Trigger one run, follow it to its end, print the result and where to look; 0 when it succeeded.
 
@@ -665,6 +681,8 @@ def trigger(stack: Stack, dag_id: str, conf: dict[str, Any], python: str, *, unp
         print(f"\nstopped following; the run goes on: {run_url(stack, dag_id, run_id)}", file=sys.stderr)
         return 130
     say("result" if state == "success" else "result (this run failed: the last candidate may be an earlier run's)")
+    if headline := run_headline(stack, token, dag_id, run_id):
+        print(f"This run:        {headline}")
     sys.stdout.flush()
     subprocess.run([python, "-m", "abalone_pipeline.last_run"], check=False)
     print(f"Airflow run:     {run_url(stack, dag_id, run_id)}  ({state})")

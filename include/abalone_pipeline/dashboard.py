@@ -175,8 +175,7 @@ def decisions(client, settings: Settings, limit: int = 50) -> list[dict[str, Any
         else []
     )
     rows = [row for row in (_row(run, settings) for run in runs) if row["outcome"]]
-    events = registry.history(client, settings.model_name, limit=limit)
-    rows += [_rollback_row(event) for event in events if event["event"].startswith("rollback")]
+    rows += [_rollback_row(event) for event in registry.rollbacks(client, settings.model_name)]
     rows.sort(key=lambda row: row["when_ms"], reverse=True)
     return rows[:limit]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowTaskTimeout
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, AirflowTaskTimeout
 from docker.errors import DockerException
 from docker.types import DeviceRequest, Mount
 
@@ -158,9 +158,12 @@ class TrainerContainerOperator(DockerOperator):
     every GPU of the host. A "bad input" error, a superseded attempt and a configuration error (no NVIDIA
     runtime, no image, no engine) fail the task without retries; any other failure is retried.
     ``mlflow_link`` turns the result into the URL of its MLflow run: the task's "MLflow run" extra link.
+    ``skip_check(skip_inputs, image)`` (``skip_inputs`` templated, ``image`` the trainer image as this engine
+    has it) may return a reason not to run at all: the task is skipped with it, logged and in its XCom
+    ``skipped``, before any container or fence.
     """
 
-    template_fields = (*DockerOperator.template_fields, "gpu")
+    template_fields = (*DockerOperator.template_fields, "gpu", "skip_inputs")
     operator_extra_links = (MlflowRunLink(),)
 
     def __init__(
@@ -174,6 +177,8 @@ class TrainerContainerOperator(DockerOperator):
         aws_conn_id: str | None = "aws_default",
         timeout_setting: str | None = None,
         mlflow_link: Callable[[Any], str | None] | None = None,
+        skip_check: Callable[[Any, dict], str | None] | None = None,
+        skip_inputs: Any = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("mount_tmp_dir", False)
@@ -191,6 +196,8 @@ class TrainerContainerOperator(DockerOperator):
         self.aws_conn_id = aws_conn_id
         self.timeout_setting = timeout_setting
         self.mlflow_link = mlflow_link
+        self.skip_check = skip_check
+        self.skip_inputs = skip_inputs
         self._stopped_by_airflow = False
         self._removed: set[str] = set()
 
@@ -217,6 +224,10 @@ class TrainerContainerOperator(DockerOperator):
             raise AirflowFailException(
                 f"{self.task_id}: cannot reach the Docker engine at {self.docker_url} (ABALONE_DOCKER_URL): {exc}"
             ) from exc
+        if self.skip_check is not None and (reason := self.skip_check(self.skip_inputs, self.image_provenance())):
+            self.log.info("%s skipped: %s", self.task_id, reason)
+            ti.xcom_push(key="skipped", value=reason)
+            raise AirflowSkipException(reason)
         if as_bool(self.gpu):
             self.device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         try:

@@ -32,6 +32,8 @@ TAG_AIRFLOW_RUN = "abalone.airflow_run"
 TAG_FORCED_BY = "abalone.forced_by"
 TAG_FORCE_REASON = "abalone.force_reason"
 TAG_DRY_RUN = "abalone.gate.dry_run"
+# The content id of the trainer image that made a promoted version (what an unchanged night is compared with).
+TAG_TRAINER_IMAGE_ID = "abalone.trainer_image_id"
 # What the run did with its candidate: promoted, forced, rejected or dry_run (summary.OUTCOMES).
 TAG_OUTCOME = "abalone.outcome"
 ROLLBACK_TAG_PREFIX = "abalone.rollback."
@@ -301,14 +303,9 @@ def rollback(
 
 def history(client, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
     """Promotions and rollbacks of ``model_name``, oldest first (the latest ``limit`` versions)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(model_name)
-    except MlflowException as exc:
-        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
-            return []
-        raise
+    model = _registered_model(client, model_name)
+    if model is None:
+        return []
     events = []
     for version in client.search_model_versions(
         f"name = '{model_name}'", max_results=limit, order_by=["version_number DESC"]
@@ -331,6 +328,32 @@ def history(client, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
                 "why": tags.get(TAG_FORCE_REASON) or tags.get(TAG_REASONS, ""),
             }
         )
+    events += _rollback_events(model)
+    events.sort(key=lambda event: event["order"])
+    return [{key: value for key, value in event.items() if key != "order"} for event in events]
+
+
+def rollbacks(client, model_name: str) -> list[dict[str, Any]]:
+    """The rollbacks of ``model_name``, oldest first, as ``history`` lists them: one request, no version search."""
+    model = _registered_model(client, model_name)
+    events = sorted(_rollback_events(model), key=lambda event: event["order"]) if model is not None else []
+    return [{key: value for key, value in event.items() if key != "order"} for event in events]
+
+
+def _registered_model(client, model_name: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if _error_code(exc) in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"):
+            return None
+        raise
+
+
+def _rollback_events(model) -> list[dict[str, Any]]:
+    """Each rollback recorded in the registered model's tags (``rollback_tag``)."""
+    events = []
     for key, value in model.tags.items():
         if key.startswith(ROLLBACK_TAG_PREFIX):
             plan = json.loads(value)
@@ -348,5 +371,4 @@ def history(client, model_name: str, limit: int = 100) -> list[dict[str, Any]]:
                     "why": plan["reason"],
                 }
             )
-    events.sort(key=lambda event: event["order"])
-    return [{key: value for key, value in event.items() if key != "order"} for event in events]
+    return events

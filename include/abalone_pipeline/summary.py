@@ -1,6 +1,6 @@
 """The night at a glance: what the gate decided, what the registry did, and where to look.
 
-Pure functions of the tasks' results, so every outcome (promoted, forced, rejected, dry run) is tested
+Pure functions of the tasks' results, so every outcome (promoted, forced, rejected, dry run, unchanged) is tested
 without MLflow or Airflow. The summary is the ``summarize`` task's XCom and its log, as JSON.
 """
 
@@ -12,7 +12,14 @@ from typing import Any
 from abalone_pipeline.numbers import metric
 
 PROMOTED, FORCED, REJECTED, DRY_RUN = "promoted", "forced", "rejected", "dry_run"
-OUTCOMES = (PROMOTED, FORCED, REJECTED, DRY_RUN)
+# Not trained: the dataset, trainer image and hyperparameters are the champion's (abalone_pipeline.reuse).
+UNCHANGED = "unchanged"
+OUTCOMES = (PROMOTED, FORCED, REJECTED, DRY_RUN, UNCHANGED)
+
+
+def unchanged_decision(reason: str) -> dict[str, Any]:
+    """The gate's record of a night that did not train: nothing to promote, and why."""
+    return {"outcome": UNCHANGED, "promote": False, "verdict": "not trained", "summary": reason, "checks": []}
 
 
 def outcome_of(decision: dict[str, Any], *, dry_run: bool) -> str:
@@ -31,6 +38,8 @@ def headline(outcome: str, decision: dict[str, Any], version: str | None = None)
         f" vs v{champion} {metric(decision.get('champion_rmse'))}" if champion else " (no champion yet)"
     )
     failed = [check["rule"] for check in decision.get("checks", ()) if not check["passed"]]
+    if outcome == UNCHANGED:
+        return f"not trained: {decision['summary']}"
     if outcome == DRY_RUN:
         would = "would promote" if decision["promote"] else f"would reject ({', '.join(failed)})"
         return f"dry run: {would}; {scores}"

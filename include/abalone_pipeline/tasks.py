@@ -113,7 +113,7 @@ def check_run_options(settings: Settings, params: dict[str, Any]) -> dict[str, A
 
     Returns what the later tasks act on, resolved once: the source to stage, the tolerated share of bad rows,
     the run's gate policy (the configured one with the ``gate`` Param's overrides), whether it is a dry run,
-    and the reason for forcing (None unless forced).
+    the reason for forcing (None unless forced), and whether to train even when nothing changed.
     """
     from airflow.sdk.exceptions import AirflowFailException
 
@@ -135,6 +135,7 @@ def check_run_options(settings: Settings, params: dict[str, Any]) -> dict[str, A
         "gate_policy": policy_for_run(settings, params).to_dict(),
         "dry_run": bool(params.get("dry_run")),
         "force_reason": force_reason,
+        "force_training": bool(params.get("force_training")),
     }
     log.info("run options: %s", options)
     return options
@@ -187,7 +188,7 @@ def audit_tags(
         "abalone.source_uri": staged.get("source_uri", ""),
         "abalone.source_sha256": staged.get("source_sha256", ""),
         "abalone.trainer_image": image.get("name", ""),
-        "abalone.trainer_image_id": image.get("id", ""),
+        registry.TAG_TRAINER_IMAGE_ID: image.get("id", ""),
         "abalone.trainer_image_digest": image.get("digest") or "none (built locally, never pushed)",
         TAG_CODE_REVISION: image.get("revision") or candidate.get("code_revision") or "unknown",
         "mlflow.run_id": candidate["run_id"],
@@ -341,10 +342,13 @@ def summarize(
     decision: dict[str, Any],
     promoted: dict[str, Any] | None,
     staged: dict[str, Any],
-    candidate: dict[str, Any],
+    candidate: dict[str, Any] | None,
     dag_run,
 ) -> dict[str, Any]:
-    """The run at a glance, with the champion as the registry has it now; logged as JSON, links alone."""
+    """The run at a glance, with the champion as the registry has it now; logged as JSON, links alone.
+
+    ``candidate`` is None on a night that did not train (its ``decision`` says why).
+    """
     from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import links, registry
     from abalone_pipeline.summary import log_lines, run_summary
@@ -356,6 +360,7 @@ def summarize(
         log.warning("cannot read %s@%s for the summary: %s", settings.model_name, settings.champion_alias, exc)
         champion_now = None
     version = (promoted or {}).get("version")
+    run_id = (candidate or {}).get("run_id")
     summary = run_summary(
         staged=staged,
         decision=decision,
@@ -364,8 +369,8 @@ def summarize(
         champion_now=champion_now,
         links={
             "airflow_run": links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id),
-            "mlflow_run": links.run_link(settings, candidate["run_id"], decision.get("experiment_id")),
-            "gate_report": gate_report_link(settings, candidate["run_id"], decision.get("experiment_id")),
+            "mlflow_run": links.run_link(settings, run_id, decision.get("experiment_id")) if run_id else None,
+            "gate_report": gate_report_link(settings, run_id, decision.get("experiment_id")) if run_id else None,
             "promoted_version": links.version_link(settings, version),
             "champion": links.version_link(settings, champion_now),
         },

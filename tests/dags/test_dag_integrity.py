@@ -49,7 +49,7 @@ def test_retraining_dag_shape(dagbag):
     dag = dagbag.dags["abalone_retraining"]
     assert dag.timetable.expression == "0 2 * * *"
     assert {t.task_id: sorted(t.downstream_task_ids) for t in dag.tasks} == {
-        "preflight": ["gate", "stage"],
+        "preflight": ["gate", "stage", "train"],  # train: whether forcing overrides an unchanged night
         "stage": ["evaluate", "gate", "promote", "summarize", "train"],
         "train": ["clean_up", "evaluate", "gate", "promote", "summarize"],
         "evaluate": ["clean_up", "gate"],
@@ -62,6 +62,7 @@ def test_retraining_dag_shape(dagbag):
     # summary runs either way.
     assert dag.get_task("gate").task_type == "_BranchPythonDecoratedOperator"
     assert dag.get_task("summarize").trigger_rule == "none_failed"
+    assert dag.get_task("gate").trigger_rule == "none_failed", "it records a night whose training was skipped"
     train = dag.get_task("train")
     assert train.pool == "gpu" and train.queue == "gpu"
     assert train.mount_tmp_dir is False
@@ -147,6 +148,7 @@ def test_rollback_dag_is_manual_and_serialised(dagbag):
         ("gate", {"slice_tolerance": 0.1}, {"slice_tolerance": -0.1}),
         ("gate", {"min_prior_runs": 5}, {"unknown_rule": 1}),
         ("dry_run", True, "no"),
+        ("force_training", True, "yes"),
         ("force_reason", "the champion's artifacts were deleted", "x" * 1001),
     ],
 )

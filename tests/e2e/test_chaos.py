@@ -49,7 +49,7 @@ from .processes import Processes, start_airflow, wait_for
 EXPERIMENT = MODEL = "abalone-chaos"
 # About a second an epoch with the delay below: long enough that a killed try's orphan still trains when
 # the retry starts (a few seconds later), short enough for the retry to finish inside the timeout.
-SLOW = {"epochs": 20, "batch_size": 256}
+SLOW = {"epochs": 20, "batch_size": 256, "force_training": True}  # trains even if a champion has these
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +212,7 @@ def test_a_stale_container_with_the_next_trys_name_does_not_fail_the_try(schedul
     created = subprocess.run([*stale, TRAINER_IMAGE, "600"], capture_output=True, text=True)
     assert created.returncode == 0, created.stderr
     with ContainerSampler(run_id) as sampler:
-        trigger(scheduler, run_id, {"epochs": 2, "batch_size": 256})
+        trigger(scheduler, run_id, {"epochs": 2, "batch_size": 256, "force_training": True})
         state = wait_for_end(scheduler, run_id)
     assert state == "success"
     assert task_instance(scheduler, run_id, "train")["try_number"] == 1, "no retry burnt on a name conflict"

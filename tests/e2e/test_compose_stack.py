@@ -2,10 +2,11 @@
 from .env.example, exactly as docs/production.md says, with images built from the project's
 Dockerfile on local stand-ins (standins/) where the official images cannot be pulled.
 
-Two runs go through it, triggered through the REST API with a conf: the first trains on the stack's GPU
-worker and promotes a champion; for the second, the stack's GPU worker is stopped and a GPU worker of a
-second compose project (the gpu-worker-remote profile, as on a GPU host of its own) takes the `gpu` queue,
-reaching the first project only through its published ports. `docker-compose down -v` must leave nothing.
+Three runs go through it, triggered through the REST API with a conf: the first trains on the stack's GPU
+worker and promotes a champion; for the second (forced to train), the stack's GPU worker is stopped and a
+GPU worker of a second compose project (the gpu-worker-remote profile, as on a GPU host of its own) takes
+the `gpu` queue, reaching the first project only through its published ports; the third, with nothing
+changed since the champion, does not train. `docker-compose down -v` must leave nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ DAG_ID = "abalone_retraining"
 PROJECT = "abalone-compose-test"
 REMOTE_PROJECT = "abalone-compose-test-gpu"
 CONF = {"epochs": 100, "batch_size": 64}
+RETRAIN = {**CONF, "force_training": True}  # the champion's dataset, image and settings: trained only if forced
 MODEL_NAME = "abalone-rings"
 ADMIN = {"username": "airflow", "password": "airflow"}  # .env.example's _AIRFLOW_WWW_USER_*
 
@@ -257,8 +259,10 @@ def runs(stack, tmp_path_factory) -> Iterator[dict]:
         stack.compose("stop", "airflow-worker-gpu")
         stack.remote("--profile", "gpu-worker-remote", "up", "-d", "airflow-worker-gpu-remote")
         stack.remote.wait_healthy()
-        second = api.trigger(CONF)
+        second = api.trigger(RETRAIN)
         api.wait(second)
+        third = api.trigger(CONF)
+        api.wait(third)
         remote_worker = stack.remote.containers()["airflow-worker-gpu-remote"]
     finally:
         recorder.terminate()
@@ -268,6 +272,7 @@ def runs(stack, tmp_path_factory) -> Iterator[dict]:
         "api": api,
         "first": first,
         "second": second,
+        "third": third,
         "gpu_hosts": {first: hostname(gpu_worker), second: hostname(remote_worker)},
         "events": [json.loads(line) for line in Path(events.name).read_text().splitlines()],
     }
@@ -318,6 +323,25 @@ def test_both_runs_succeed_with_their_conf(stack, runs):
         run = api("GET", f"/dagRuns/{run_id}")
         assert run["state"] == "success", f"{run_id}: {api.states(run_id)} (logs in {stack.compose.logs})"
         assert (run["conf"]["epochs"], run["triggered_by"]) == (CONF["epochs"], "rest_api")
+
+
+def test_a_night_with_nothing_changed_since_the_champion_does_not_train(stack, runs):
+    """Run 3: the champion's dataset, trainer image and hyperparameters. train is skipped on the remote GPU
+    worker (it reads the image there and the champion from MLflow) and starts no container (the events test)."""
+    api, third = runs["api"], runs["third"]
+    assert api("GET", f"/dagRuns/{third}")["state"] == "success"
+    states = api.states(third)
+    assert {task: states[task] for task in ("train", "evaluate", "gate", "promote", "summarize")} == {
+        "train": "skipped",
+        "evaluate": "skipped",
+        "gate": "success",
+        "promote": "skipped",
+        "summarize": "success",
+    }, states
+    summary = api.xcom(third, "summarize")
+    assert summary["outcome"] == "unchanged" and summary["champion_now"] == "1", summary
+    assert summary["reasons"].startswith("unchanged since the champion v1 (run "), summary
+    assert summary["dataset_id"] == api.xcom(runs["first"], "stage")["dataset_id"]
 
 
 def test_training_runs_on_a_gpu_worker_and_the_rest_on_the_default_worker(stack, runs):

@@ -33,7 +33,7 @@ from .processes import Processes, start_airflow, wait_for
 DAG_ID = "abalone_retraining"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 REDIS = shutil.which("redis-server")
-CONF = {"epochs": 3, "batch_size": 256}
+CONF = {"epochs": 3, "batch_size": 256, "force_training": True}  # both runs train, one at a time
 
 if not ((PG_BIN / "initdb").exists() and REDIS) and not os.environ.get("CI"):
     pytest.skip("needs Debian's postgresql and redis-server (.ci/run installs them)", allow_module_level=True)

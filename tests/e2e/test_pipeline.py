@@ -24,11 +24,14 @@ from .conftest import ARTIFACT_BUCKET, STAGING_BUCKET, free_port
 MODEL = "abalone-e2e"
 RUN_1 = "2026-11-01T02:00:00+00:00"
 RUN_2 = "2026-11-02T02:00:00+00:00"
+UNCHANGED = "2026-11-02T12:00:00+00:00"
 RUN_3 = "2026-11-03T02:00:00+00:00"
 RUN_4 = "2026-11-04T02:00:00+00:00"
 RUN_5 = "2026-11-05T02:00:00+00:00"
 ROLLBACK = "2026-11-05T12:00:00+00:00"
 FAST = {"epochs": 40}
+# The champion's dataset, image and hyperparameters would skip training: runs that test training force it.
+RETRAIN = {**FAST, "force_training": True}
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +105,7 @@ def web_source():
 @pytest.fixture(scope="module")
 def second_run(first_run, airflow, web_source):
     allowed = f"{airflow.env['ABALONE_ALLOWED_SOURCES']},{web_source.rsplit('/', 1)[0]}/"
-    result = airflow.dags_test(RUN_2, {**FAST, "source_uri": web_source}, ABALONE_ALLOWED_SOURCES=allowed)
+    result = airflow.dags_test(RUN_2, {**RETRAIN, "source_uri": web_source}, ABALONE_ALLOWED_SOURCES=allowed)
     assert_succeeded(result)
     return result
 
@@ -203,7 +206,27 @@ def test_the_second_run_is_judged_against_the_first_by_the_policy(second_run, cl
 
 
 @pytest.fixture(scope="module")
-def worse_run(second_run, airflow):
+def unchanged_run(second_run, airflow):
+    """The champion's dataset (the bundled file's rows), trainer image and hyperparameters again."""
+    result = airflow.dags_test(UNCHANGED, FAST)
+    assert_succeeded(result)
+    return result
+
+
+def test_an_unchanged_night_skips_training_and_says_why(unchanged_run, airflow, client):
+    states = {task: task_state(airflow, UNCHANGED, task) for task in ("train", "evaluate", "gate", "promote")}
+    assert states == {"train": "skipped", "evaluate": "skipped", "gate": "success", "promote": "skipped"}
+    assert task_state(airflow, UNCHANGED, "summarize") == task_state(airflow, UNCHANGED, "clean_up") == "success"
+    assert "train skipped: unchanged since the champion v1 (run " in unchanged_run.output, "the reason in train's log"
+    summary = summary_of(unchanged_run.output)
+    assert summary["outcome"] == "unchanged" and summary["headline"].startswith("not trained: unchanged since"), summary
+    assert summary["dataset_id"] == runs(client)[0].data.tags["abalone.dataset_id"] and summary["champion_now"] == "1"
+    assert "mlflow_run" not in summary["links"], "no MLflow run was made"
+    assert len(runs(client)) == 2 and versions(client) == ["1"]
+
+
+@pytest.fixture(scope="module")
+def worse_run(unchanged_run, airflow):
     result = airflow.dags_test(RUN_3, {"epochs": 1})
     assert_succeeded(result)  # a rejection is an outcome, not a failure
     return result
@@ -324,7 +347,7 @@ def test_each_stage_updates_the_staged_dataset_asset(second_run, airflow, client
 
 def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
     before_versions, before_runs, before_champion = versions(client), len(runs(client)), champion(client)
-    result = airflow.dags_test(RUN_1, FAST)
+    result = airflow.dags_test(RUN_1, RETRAIN)
     assert_succeeded(result)
     # The night's own decision, not the candidate judged again against itself (it may be the champion now).
     summary = summary_of(result.output)
@@ -347,7 +370,7 @@ def test_rerunning_a_finished_run_adds_no_version(second_run, airflow, client):
 )
 def test_bad_input_fails_clearly_and_changes_nothing(case, message, second_run, airflow, client, tmp_path, s3):
     before = versions(client), champion(client), len(runs(client))
-    conf, env = dict(FAST), {}
+    conf, env = dict(RETRAIN), {}  # forced: the champion's own settings would skip the training that fails
     restore = None
     if case == "staged data altered":
         # The bundled data's dataset is staged; someone edits its train split in the bucket afterwards.

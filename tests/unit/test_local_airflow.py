@@ -232,3 +232,41 @@ def test_healthy_means_health_answers_200():
         finally:
             server.shutdown()
     assert not local_mlflow.healthy(local_mlflow.uri(local_mlflow.free_port()))
+
+
+def test_make_run_prints_the_followed_runs_own_headline(tmp_path):
+    """Not the newest MLflow run's: a night that did not train made none."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answers = {
+        "/api/v2/dags/d/dagRuns/manual__1%2B00/taskInstances/summarize/xcomEntries/return_value": {
+            "value": {"headline": "not trained: unchanged since the champion v1"}
+        },
+        "/api/v2/dags/d/dagRuns/as-text/taskInstances/summarize/xcomEntries/return_value": {
+            "value": json.dumps({"headline": "promoted v2: test RMSE 2.0"})
+        },
+    }
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = answers.get(self.path)
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(json.dumps(body or {"detail": "not found"}).encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        stack = local_airflow.Stack.from_env(
+            {"ABALONE_LOCAL_DIR": str(tmp_path), "ABALONE_AIRFLOW_PORT": str(server.server_address[1])}
+        )
+        headline = local_airflow.run_headline
+        assert headline(stack, "t", "d", "manual__1+00") == "not trained: unchanged since the champion v1"
+        assert headline(stack, "t", "d", "as-text") == "promoted v2: test RMSE 2.0"
+        assert headline(stack, "t", "d", "failed-before-summarize") is None
+    finally:
+        server.shutdown()

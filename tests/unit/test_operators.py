@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 from airflow.providers.docker.exceptions import DockerContainerFailedException
 from airflow.providers.docker.operators.docker import DockerOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from docker.errors import APIError, NotFound
 
 from abalone_contract.results import parse_train
@@ -304,3 +304,32 @@ def test_a_container_created_after_the_task_was_stopped_never_starts(monkeypatch
     with pytest.raises(AirflowException, match="before its container started"):
         operator.cli.create_container(image="i")
     assert docker.removed == ["late"]
+
+
+def test_a_skip_check_skips_before_any_container_or_fence(monkeypatch, context):
+    pushed, seen = {}, []
+    context["ti"].xcom_push = lambda key, value: pushed.update({key: value})
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, ctx: pytest.fail("a container was started"))
+    docker = FakeDocker()
+    docker.inspect_image = lambda name: {"Id": "sha256:abc", "RepoDigests": [], "Config": {"Labels": {}}}
+
+    def check(inputs, image):
+        seen.append((inputs, image["id"]))
+        return "unchanged since the champion v1"
+
+    operator = operator_on(
+        monkeypatch, docker, skip_check=check, skip_inputs={"dataset_id": "d1"}, fence_store="s3://never/read"
+    )
+    with pytest.raises(AirflowSkipException, match="unchanged since the champion v1"):
+        operator.execute(context)
+    assert seen == [({"dataset_id": "d1"}, "sha256:abc")]
+    assert pushed == {"skipped": "unchanged since the champion v1"} and docker.queries == []
+
+
+def test_a_skip_check_without_a_reason_runs_the_container(monkeypatch, context):
+    context["ti"].xcom_push = lambda key, value: pytest.fail("nothing is pushed when the task runs")
+    monkeypatch.setattr(DockerOperator, "execute", lambda self, ctx: ["ABALONE_RESULT {}"])
+    docker = FakeDocker()
+    docker.inspect_image = lambda name: {"Id": "sha256:abc"}
+    operator = operator_on(monkeypatch, docker, skip_check=lambda inputs, image: None, skip_inputs={})
+    assert operator.execute(context) == "{}"

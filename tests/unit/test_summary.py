@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from abalone_pipeline.summary import DRY_RUN, FORCED, PROMOTED, REJECTED, log_lines, outcome_of, run_summary
+from abalone_pipeline.summary import (
+    DRY_RUN,
+    FORCED,
+    PROMOTED,
+    REJECTED,
+    UNCHANGED,
+    log_lines,
+    outcome_of,
+    run_summary,
+    unchanged_decision,
+)
 
 STAGED = {"dataset_id": "7c40", "source_sha256": "de37", "rows": {"train": 2970}, "validation": {"quarantined_rows": 2}}
 PASSED = {"rule": "improvement", "passed": True, "applied": True, "detail": "better by 0.03"}
@@ -86,6 +96,15 @@ def test_a_dry_run_says_what_it_would_do_and_the_real_champion():
     assert would_promote["headline"] == "dry run: would promote; test RMSE 1.9900 vs v3 2.0200"
     assert would_promote["promoted_version"] is None and would_promote["champion_now"] == "3"
     assert summary(DRY_RUN, decision(False, (TIED,)))["headline"].startswith("dry run: would reject (improvement)")
+
+
+def test_a_night_that_did_not_train_says_why_and_has_no_scores():
+    reason = "unchanged since the champion v3 (run abc): the same dataset 7c40, trainer image sha256:1 and ..."
+    result = summary(UNCHANGED, unchanged_decision(reason))
+    assert result["headline"] == f"not trained: {reason}"
+    assert (result["outcome"], result["gate_verdict"], result["reasons"]) == (UNCHANGED, "not trained", reason)
+    assert result["candidate_test_rmse"] is None and result["promoted_version"] is None
+    assert result["champion_now"] == "3" and result["dataset_id"] == "7c40"
 
 
 def test_the_log_is_json_with_each_link_alone_on_its_line():

@@ -60,7 +60,8 @@ def test_preflight_resolves_the_options_the_later_tasks_act_on():
     options = check_run_options(SETTINGS, {"gate": {"max_rmse": 2.0}, "dry_run": True})
     assert options["source_uri"] == SETTINGS.source_uri, "no source_uri Param: the configured source"
     assert options["max_quarantine_fraction"] == pytest.approx(SETTINGS.max_quarantine_fraction)
-    assert options["dry_run"] is True and options["force_reason"] is None
+    assert options["dry_run"] is True and options["force_reason"] is None and options["force_training"] is False
+    assert check_run_options(SETTINGS, {"force_training": True})["force_training"] is True
     assert options["gate_policy"] == {**SETTINGS.gate_policy.to_dict(), "max_rmse": 2.0}
     json.dumps(options, allow_nan=False)  # an XCom
 

@@ -1,0 +1,89 @@
+"""Whether tonight's training can only reproduce the champion: then the night skips it.
+
+The same staged dataset (its content id), the same trainer image (its content id, not its tag) and the
+same hyperparameters (as the trainer logs them) give the same model on the trainer's deterministic CPU
+path, so it could only tie the champion and be rejected. Every comparison is of exact ids recorded on the
+champion's version and run; a missing record is a difference. ``force_training`` (or a forced promotion,
+which needs a candidate) trains anyway.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from abalone_contract.constants import TAG_DATASET_ID
+from abalone_contract.hyperparams import HyperParams
+from abalone_pipeline.config import Settings
+from abalone_pipeline.registry import TAG_TRAINER_IMAGE_ID
+
+log = logging.getLogger(__name__)
+
+
+def differences(
+    champion_tags: dict[str, str],
+    champion_params: dict[str, str],
+    *,
+    dataset_id: str,
+    image_id: str,
+    hyperparams: dict[str, str],
+) -> list[str]:
+    """What tonight's training would change from the champion's, each as "what: champion's -> tonight's"."""
+    found = []
+    for what, theirs, ours in (
+        ("dataset", champion_tags.get(TAG_DATASET_ID), dataset_id),
+        ("trainer image", champion_tags.get(TAG_TRAINER_IMAGE_ID), image_id),
+        *((name, champion_params.get(name), value) for name, value in hyperparams.items()),
+    ):
+        if theirs != ours:
+            found.append(f"{what}: {theirs or 'not recorded'} -> {ours}")
+    return found
+
+
+def requested_hyperparams(inputs: dict[str, Any]) -> dict[str, str]:
+    """The hyperparameters the trainer will log for this run (the Params over the trainer's defaults)."""
+    given = inputs["hyperparams"]
+    return HyperParams(
+        epochs=int(given["epochs"]), batch_size=int(given["batch_size"]), learning_rate=float(given["learning_rate"])
+    ).as_params()
+
+
+def unchanged_since_champion(settings: Settings, inputs: dict[str, Any], image: dict[str, Any]) -> str | None:
+    """Why training would only reproduce the champion, or None (train): the train task's ``skip_check``.
+
+    ``inputs``: the staged ``dataset_id``, the run's ``options`` (``preflight``'s) and the ``hyperparams``
+    Params; ``image``: the trainer image as the Docker engine has it (``TrainerContainerOperator.image_provenance``).
+    Anything it cannot read (MLflow down, no champion, an image without an id) means: train.
+    """
+    from abalone_contract.tracking import alias_version, mlflow_client
+
+    options = inputs["options"]
+    if options.get("force_training") or options.get("force_reason"):
+        log.info("training: forced (%s)", "force_training" if options.get("force_training") else "force_promote")
+        return None
+    if not image.get("id"):
+        log.info("training: the trainer image %s has no content id to compare", image.get("name"))
+        return None
+    hyperparams = requested_hyperparams(inputs)
+    try:
+        client = mlflow_client(settings.tracking_uri)
+        champion = alias_version(client, settings.model_name, settings.champion_alias)
+        params = client.get_run(champion.run_id).data.params if champion is not None else {}
+    except Exception as exc:  # only a shortcut: when in doubt, train
+        log.warning("training: cannot read the champion to compare with (%s)", exc)
+        return None
+    if champion is None:
+        log.info("training: %s has no %s yet", settings.model_name, settings.champion_alias)
+        return None
+    changed = differences(
+        champion.tags or {}, params, dataset_id=inputs["dataset_id"], image_id=image["id"], hyperparams=hyperparams
+    )
+    if changed:
+        log.info("training: changed since the champion v%s: %s", champion.version, "; ".join(changed))
+        return None
+    return (
+        f"unchanged since the champion v{champion.version} (run {champion.run_id}): the same dataset "
+        f"{inputs['dataset_id']}, trainer image {image['id'][:19]} and hyperparameters "
+        f"(epochs {hyperparams['epochs']}, batch size {hyperparams['batch_size']}, learning rate "
+        f"{hyperparams['learning_rate']}); a new model could only tie it. Trigger with force_training to train anyway"
+    )
