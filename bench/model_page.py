@@ -58,7 +58,7 @@ VERSION_SHARE = 0.3  # 300 versions per 1,000 runs: most nights' candidates are 
 TARGET_SECONDS = 1.0
 COLUMNS = ("champion", "decisions", "trend", "render", "page total", "gate report")
 # The requests inside dashboard.decisions, timed apart after each view (with the view's client) to show which dominates.
-PARTS = ("search_runs", "registry.history", "get_registered_model", "search_model_versions")
+PARTS = ("search_runs", "registry.rollbacks")
 
 
 def seed(history, runs: int, versions: int, rejection: str) -> None:
@@ -124,18 +124,14 @@ def newest_with_report(client, history) -> tuple[str, str]:
 
 
 def decision_parts(client, settings, experiment_id: str, limit: int) -> dict[str, Any]:
-    """The requests ``dashboard.decisions`` makes, one call each (``registry.history`` makes the last two)."""
+    """The requests ``dashboard.decisions`` makes, one call each (``registry.rollbacks``: one get_registered_model)."""
     from abalone_pipeline import registry
 
     return {
         "search_runs": lambda: client.search_runs(
             [experiment_id], max_results=limit, order_by=["attributes.start_time DESC"]
         ),
-        "registry.history": lambda: registry.history(client, settings.model_name, limit=limit),
-        "get_registered_model": lambda: client.get_registered_model(settings.model_name),
-        "search_model_versions": lambda: client.search_model_versions(
-            f"name = '{settings.model_name}'", max_results=limit, order_by=["version_number DESC"]
-        ),
+        "registry.rollbacks": lambda: registry.rollbacks(client, settings.model_name),
     }
 
 

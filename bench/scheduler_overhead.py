@@ -13,9 +13,11 @@ wait (queued to start), the run time (start to end) and, for train and evaluate,
 
     fixed cost = run wall time (first task queued -> last task end) - the run's trainer containers
 
-Run 1 has no champion and promotes; run 2 scores the same data with the same seed, ties and is rejected,
-so its promote is skipped. The DAG's schedule is set to none (``ABALONE_SCHEDULE=none``) so that unpausing
-starts no nightly slot beside the triggered runs; everything else is the embedded default of ``scripts/env.sh``.
+Run 1 has no champion and promotes; run 2 (``force_training``) scores the same data with the same seed, ties
+and is rejected, so its promote is skipped. Then one more run without ``force_training``: nothing changed
+since the champion, so it does not train (the cheapest night); its wall time and tasks are printed apart.
+The DAG's schedule is set to none (``ABALONE_SCHEDULE=none``) so that unpausing starts no nightly slot
+beside the triggered runs; everything else is the embedded default of ``scripts/env.sh``.
 
     .venv/bin/python bench/scheduler_overhead.py [--runs 2] [--epochs 20]
 
@@ -288,10 +290,28 @@ def report(index: int, run_id: str, run: dict, result: dict, order: list[str], a
     return figures
 
 
+def report_unchanged(run_id: str, run: dict, tis: list[dict], containers: dict) -> None:
+    """The night that did not train: its wall time, each task's state and run time, and no container."""
+    times = [(epoch(ti.get("queued_when")), epoch(ti.get("end_date"))) for ti in tis]
+    first = min(queued for queued, _ in times if queued is not None)
+    last = max(end for _, end in times if end is not None)
+    started = [task for (run, task) in containers if run == run_id]
+    print(
+        f"\nUnchanged night {run_id} ({run.get('state')}): wall {last - first:.1f} s (first queued -> last end); "
+        f"trainer containers started: {started or 'none'}"
+    )
+    print("\n| task | state | run s |\n|---|---|---|")
+    for ti in sorted(tis, key=lambda ti: epoch(ti.get("start_date")) or float("inf")):
+        start, end = epoch(ti.get("start_date")), epoch(ti.get("end_date"))
+        took = f"{end - start:.1f}" if start is not None and end is not None else "-"
+        print(f"| {ti['task_id']} | {ti.get('state')} | {took} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs, one after the other (the first has no champion)")
     parser.add_argument("--epochs", type=int, default=20, help="the runs' conf: epochs")
+    parser.add_argument("--no-unchanged", action="store_true", help="skip the last run that does not train")
     parser.add_argument("--airflow-port", type=int, default=18280)
     parser.add_argument("--mlflow-port", type=int, default=15200)
     args = parser.parse_args()
@@ -325,6 +345,10 @@ def main() -> None:
             alone = nightly_overhead.trainer_alone(env, command, f"bench/scheduler-alone-{index}")
             print(f"  trainer alone: {alone:.1f} s", flush=True)
             done.append((run_id, run, tis, alone))
+        unchanged = None
+        if not args.no_unchanged:
+            token = local_airflow.login(stack)
+            unchanged = one_run(stack, token, {"epochs": args.epochs}, "bench/scheduler_overhead unchanged")
         time.sleep(2)  # the last die events
         events.terminate()
         events.wait(timeout=10)
@@ -350,6 +374,8 @@ def main() -> None:
             f"\nFixed cost (median of {len(figures)} runs): {fixed:.1f} s; target <= {TARGET_SECONDS:.0f} s: "
             f"{'met' if fixed <= TARGET_SECONDS else f'NOT met, by {fixed - TARGET_SECONDS:.1f} s'}."
         )
+        if unchanged is not None:
+            report_unchanged(*unchanged, containers)
     finally:
         if events is not None and events.poll() is None:
             events.terminate()

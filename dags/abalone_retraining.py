@@ -18,10 +18,11 @@ alias in the MLflow model registry only when the gate passes.
   on the same test rows, overall and per slice, with a paired bootstrap of the RMSE difference.
 * **gate**: a pure, declarative policy over those numbers (ceiling, baselines, improvement over the
   champion with a paired-bootstrap interval, per-slice tolerance, recent runs); every rule is reported.
-  The decision is always recorded on the candidate's MLflow run (report, per-slice chart, the scores),
-  and the gate branches: **promote** runs only for a blessed candidate or a forced run.
+  The decision is recorded on the candidate's MLflow run (report, per-slice chart, the scores), and
+  the gate branches: **promote** runs only for a blessed candidate or a forced run. A night that did not
+  train has no candidate: the gate records it as `unchanged` in its XCom.
 * **promote** (one-slot registry pool): register the candidate (once per DAG run) and move `champion`,
-  keeping the old one as `previous_champion`. Skipped on a rejection or a dry run: the grid shows which.
+  keeping the old one as `previous_champion`. Skipped on a rejection, a dry run or an unchanged night.
 * **summarize**: the run at a glance (headline, data digest, scores, outcome, the champion now and the
   links), as JSON in its XCom and its log.
 
@@ -247,6 +248,7 @@ def abalone_retraining():
         skip_inputs={
             "dataset_id": staged["dataset_id"],
             "options": options,
+            "idempotency_key": idempotency_key("{{ dag.dag_id }}", "{{ run_id }}"),
             "hyperparams": {
                 "epochs": "{{ params.epochs }}",
                 "batch_size": "{{ params.batch_size }}",

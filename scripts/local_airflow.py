@@ -683,6 +683,8 @@ def trigger(stack: Stack, dag_id: str, conf: dict[str, Any], python: str, *, unp
     say("result" if state == "success" else "result (this run failed: the last candidate may be an earlier run's)")
     if headline := run_headline(stack, token, dag_id, run_id):
         print(f"This run:        {headline}")
+        if headline.startswith("not trained"):
+            print("                 (no candidate tonight: the candidate below is an earlier night's)")
     sys.stdout.flush()
     subprocess.run([python, "-m", "abalone_pipeline.last_run"], check=False)
     print(f"Airflow run:     {run_url(stack, dag_id, run_id)}  ({state})")

@@ -160,7 +160,7 @@ class TrainerContainerOperator(DockerOperator):
     ``mlflow_link`` turns the result into the URL of its MLflow run: the task's "MLflow run" extra link.
     ``skip_check(skip_inputs, image)`` (``skip_inputs`` templated, ``image`` the trainer image as this engine
     has it) may return a reason not to run at all: the task is skipped with it, logged and in its XCom
-    ``skipped``, before any container or fence.
+    ``skipped``, once earlier tries' containers are removed and before this try's fence or container.
     """
 
     template_fields = (*DockerOperator.template_fields, "gpu", "skip_inputs")
@@ -224,10 +224,6 @@ class TrainerContainerOperator(DockerOperator):
             raise AirflowFailException(
                 f"{self.task_id}: cannot reach the Docker engine at {self.docker_url} (ABALONE_DOCKER_URL): {exc}"
             ) from exc
-        if self.skip_check is not None and (reason := self.skip_check(self.skip_inputs, self.image_provenance())):
-            self.log.info("%s skipped: %s", self.task_id, reason)
-            ti.xcom_push(key="skipped", value=reason)
-            raise AirflowSkipException(reason)
         if as_bool(self.gpu):
             self.device_requests = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
         try:
@@ -260,6 +256,7 @@ class TrainerContainerOperator(DockerOperator):
         """Clear the way for this try, claim the fence, and run the container (the provider's ``execute``)."""
         self.labels = container_labels(ti.dag_id, ti.run_id, ti.task_id, ti.try_number)
         self._remove_earlier_containers(ti)
+        self._skip_if_told(ti)
         if not self.container_name:
             self.container_name = self._free_name(container_name(ti.dag_id, ti.task_id, ti.run_id, ti.try_number))
         self.environment = {
@@ -279,6 +276,13 @@ class TrainerContainerOperator(DockerOperator):
             self.command = [*self._claim_fence(ti), *self.command]
         self.log.info("running %s in container %s: %s", self.image, self.container_name, self.command)
         return super().execute(context)
+
+    def _skip_if_told(self, ti) -> None:
+        """Skip the task, with ``skip_check``'s reason, before any fence or container of this try."""
+        if self.skip_check is not None and (reason := self.skip_check(self.skip_inputs, self.image_provenance())):
+            self.log.info("%s skipped: %s", self.task_id, reason)
+            ti.xcom_push(key="skipped", value=reason)
+            raise AirflowSkipException(reason)
 
     def on_kill(self) -> None:
         """Stop and remove the container (the task was marked failed, timed out or its run ended).

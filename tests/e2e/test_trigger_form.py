@@ -149,7 +149,6 @@ def test_the_form_shows_every_param_and_a_changed_value_reaches_the_run(api_serv
 
 
 def test_an_out_of_bounds_value_is_refused_and_creates_no_run(api_server, browser):
-
     before = {run["dag_run_id"] for run in dag_runs(api_server)}
     dialog = open_form(browser, api_server)
     set_field(browser, "max_quarantine_fraction", "1")  # the share must be below 1

@@ -306,7 +306,7 @@ def test_a_container_created_after_the_task_was_stopped_never_starts(monkeypatch
     assert docker.removed == ["late"]
 
 
-def test_a_skip_check_skips_before_any_container_or_fence(monkeypatch, context):
+def test_a_skip_check_skips_before_this_trys_container_or_fence(monkeypatch, context):
     pushed, seen = {}, []
     context["ti"].xcom_push = lambda key, value: pushed.update({key: value})
     monkeypatch.setattr(DockerOperator, "execute", lambda self, ctx: pytest.fail("a container was started"))
@@ -323,7 +323,8 @@ def test_a_skip_check_skips_before_any_container_or_fence(monkeypatch, context):
     with pytest.raises(AirflowSkipException, match="unchanged since the champion v1"):
         operator.execute(context)
     assert seen == [({"dataset_id": "d1"}, "sha256:abc")]
-    assert pushed == {"skipped": "unchanged since the champion v1"} and docker.queries == []
+    assert pushed == {"skipped": "unchanged since the champion v1"}
+    assert [set(query) for query in docker.queries] == [{"label"}], "only the earlier tries' containers were looked up"
 
 
 def test_a_skip_check_without_a_reason_runs_the_container(monkeypatch, context):

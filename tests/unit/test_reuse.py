@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 from mlflow.tracking import MlflowClient
 
-from abalone_contract.constants import TAG_DATASET_ID
+from abalone_contract.constants import TAG_DATASET_ID, TAG_IDEMPOTENCY_KEY
 from abalone_contract.hyperparams import HyperParams
 from abalone_pipeline.config import Settings
 from abalone_pipeline.registry import TAG_TRAINER_IMAGE_ID
@@ -17,7 +17,8 @@ from abalone_pipeline.reuse import differences, unchanged_since_champion
 IMAGE = {"name": "abalone-trainer:latest", "id": "sha256:" + "a" * 64}
 TONIGHT = {
     "dataset_id": "7c4075e67892e879",
-    "options": {"force_training": False, "force_reason": None},
+    "options": {"force_training": False, "force_reason": None, "dry_run": False},
+    "idempotency_key": "abalone_retraining/scheduled__2026-11-02T02:00:00+00:00",
     "hyperparams": {"epochs": "40", "batch_size": "64", "learning_rate": "0.001"},  # rendered Params: strings
 }
 
@@ -39,11 +40,12 @@ def settings(registry, tmp_path, monkeypatch) -> Settings:
     return dataclasses.replace(configured, tracking_uri=registry, model_name=f"abalone-{next(_models)}")
 
 
-def crown(settings: Settings, *, image_id: str | None = IMAGE["id"]):
+def crown(settings: Settings, *, image_id: str | None = IMAGE["id"], key: str = "abalone_retraining/manual__1"):
     """A champion as promote leaves it: a run with the trainer's params, a version with the audit tags."""
     client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
-    experiment = client.get_experiment_by_name("e") or client.get_experiment(client.create_experiment("e"))
-    run = client.create_run(experiment.experiment_id)
+    name = settings.experiment
+    experiment = client.get_experiment_by_name(name) or client.get_experiment(client.create_experiment(name))
+    run = client.create_run(experiment.experiment_id, tags={TAG_IDEMPOTENCY_KEY: key})
     for name, value in {**HyperParams(epochs=40).as_params(), "dataset_id": TONIGHT["dataset_id"]}.items():
         client.log_param(run.info.run_id, name, value)
     client.set_terminated(run.info.run_id)
@@ -70,15 +72,22 @@ def test_the_same_dataset_image_and_hyperparameters_skip_with_the_reason(setting
         (TONIGHT, {**IMAGE, "id": "sha256:" + "b" * 64}),
         ({**TONIGHT, "hyperparams": {**TONIGHT["hyperparams"], "epochs": "41"}}, IMAGE),
         ({**TONIGHT, "hyperparams": {**TONIGHT["hyperparams"], "learning_rate": "0.0011"}}, IMAGE),
-        ({**TONIGHT, "options": {"force_training": True, "force_reason": None}}, IMAGE),
-        ({**TONIGHT, "options": {"force_training": False, "force_reason": "the feed was bad"}}, IMAGE),
+        ({**TONIGHT, "options": {**TONIGHT["options"], "force_training": True}}, IMAGE),
+        ({**TONIGHT, "options": {**TONIGHT["options"], "force_reason": "the feed was bad"}}, IMAGE),
+        ({**TONIGHT, "options": {**TONIGHT["options"], "dry_run": True}}, IMAGE),
         (TONIGHT, {**IMAGE, "id": None}),
     ],
-    ids=["dataset", "image", "epochs", "learning-rate", "forced", "forced-promotion", "image-without-id"],
+    ids=["dataset", "image", "epochs", "learning-rate", "forced", "forced-promotion", "dry-run", "image-without-id"],
 )
 def test_any_change_or_forcing_trains(settings, tonight, image):
     crown(settings)
     assert unchanged_since_champion(settings, tonight, image) is None
+
+
+def test_a_night_that_already_trained_trains_again_to_reuse_its_run(settings):
+    """A cleared or re-run night whose candidate became the champion: its own run is found, not skipped."""
+    crown(settings, key=TONIGHT["idempotency_key"])
+    assert unchanged_since_champion(settings, TONIGHT, IMAGE) is None
 
 
 def test_no_champion_a_champion_without_records_or_mlflow_down_trains(settings, monkeypatch):
