@@ -165,7 +165,8 @@ container_defaults = {
             title="Train even if unchanged",
             description=(
                 "Train even when the staged dataset, the trainer image and the hyperparameters are the "
-                "champion's (the night is otherwise skipped: a new model could only tie it)."
+                "champion's (the night is otherwise skipped: a new model could only tie it). A dry run and a "
+                "forced promotion always train."
             ),
         ),
         "dry_run": Param(

@@ -121,9 +121,14 @@ def _brief_mlflow_retries() -> Generator[None]:
     """MLflow's own retries take minutes against a server that is down; this check gives up in seconds
     (training then meets the outage itself, with the trainer's retries). The worker's settings come back after.
     """
-    brief = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+    brief = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": 1, "MLFLOW_HTTP_REQUEST_TIMEOUT": 10}
     before = {name: os.environ.get(name) for name in brief}
-    os.environ.update(brief)
+    for name, limit in brief.items():  # a stricter setting of the worker's stays
+        try:
+            value = min(int(before[name]), limit) if before[name] is not None else limit
+        except ValueError:
+            value = limit
+        os.environ[name] = str(value)
     try:
         yield
     finally:

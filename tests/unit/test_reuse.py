@@ -4,6 +4,7 @@ compared against a real MLflow registry (SQLite store)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -97,6 +98,20 @@ def test_no_champion_a_champion_without_records_or_mlflow_down_trains(settings, 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     down = dataclasses.replace(settings, tracking_uri="http://127.0.0.1:9")
     assert unchanged_since_champion(down, TONIGHT, IMAGE) is None
+
+
+def test_the_check_gives_up_on_mlflow_quickly_and_puts_the_workers_settings_back(monkeypatch):
+    from abalone_pipeline.reuse import _brief_mlflow_retries
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")  # stricter than the check's 10: kept
+    with _brief_mlflow_retries():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "1" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "7" and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "5"
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT")
+    with _brief_mlflow_retries():
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "10"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
 
 
 def test_differences_name_each_change_champion_first():
