@@ -130,7 +130,7 @@ def test_the_form_shows_every_param_and_a_changed_value_reaches_the_run(api_serv
     text = dialog.text
     dag = json.loads(urllib.request.urlopen(f"{api_server}/api/v2/dags/{DAG_ID}/details").read())
     params = dag["params"]
-    assert len(params) == 10
+    assert len(params) == 11
     for name, param in params.items():
         assert param["schema"]["title"] in text, f"{name}: its title is not on the form"
         assert param["description"] in text, f"{name}: its description is not on the form"
