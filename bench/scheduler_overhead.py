@@ -295,7 +295,7 @@ def report_unchanged(run_id: str, run: dict, tis: list[dict], containers: dict) 
     times = [(epoch(ti.get("queued_when")), epoch(ti.get("end_date"))) for ti in tis]
     first = min(queued for queued, _ in times if queued is not None)
     last = max(end for _, end in times if end is not None)
-    started = [task for (run, task) in containers if run == run_id]
+    started = [task for (run_of, task) in containers if run_of == run_id]
     print(
         f"\nUnchanged night {run_id} ({run.get('state')}): wall {last - first:.1f} s (first queued -> last end); "
         f"trainer containers started: {started or 'none'}"
