@@ -5,11 +5,16 @@ each size, and runs each measurement in a fresh Python process so that its peak 
 
 - ``boto3``: ``upload_file`` of the source (boto3's managed multipart upload): the physical limit;
 - ``stage``: ``abalone_pipeline.staging.stage`` of the same file, streamed from disk into the S3 store
-  (validation, split, duplicate detection, spooling, create-only multipart upload, verification).
+  (validation, split, duplicate detection, spooling, create-only multipart upload, verification), once
+  per number of worker processes in ``--workers``.
 
-Usage (about 3 minutes on 2 vCPUs, plus the first generation of the files)::
+Peak memory is sampled every 20 ms as the sum of the proportional set size (PSS) of the measuring process
+and its worker processes: a page the forked workers share with it is counted once in all, not once in
+each (their plain RSS would count the libraries they inherit three times with two workers).
 
-    .venv/bin/python bench/staging_throughput.py [--sizes 10 100 1024] [--workdir /tmp/abalone-bench]
+Usage (about 6 minutes on 2 vCPUs, plus the first generation of the files)::
+
+    .venv/bin/python bench/staging_throughput.py [--sizes 10 100 1024] [--workers 1 2 4] [--workdir /tmp/abalone-bench]
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import argparse
 import json
 import os
 import platform
-import resource
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,7 +90,41 @@ def _client(endpoint: str):
     )
 
 
-def child(mode: str, source: Path, endpoint: str, key: str) -> None:
+class PeakRss:
+    """The largest sum of the PSS of this process and its descendants, sampled in a thread."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self.done.is_set():
+            total = self.process.memory_full_info().pss
+            for process in self.process.children(recursive=True):
+                try:
+                    total += process.memory_full_info().pss
+                except psutil.Error:
+                    pass  # it exited between listing and reading
+            self.peak = max(self.peak, total)
+            self.done.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def child(mode: str, source: Path, endpoint: str, key: str, workers: int) -> None:
     """One measurement in this process; prints wall seconds and peak RSS as JSON."""
     sys.path.insert(0, str(ROOT / "include"))
     client = _client(endpoint)
@@ -96,26 +135,30 @@ def child(mode: str, source: Path, endpoint: str, key: str) -> None:
         import pyarrow.csv  # ruff: ignore[unused-import]
 
         from abalone_pipeline.objectstore import open_store
-        from abalone_pipeline.sources import open_source
         from abalone_pipeline.staging import stage
-    started = time.perf_counter()
-    if mode == "boto3":
-        client.upload_file(str(source), BUCKET, key)
-    else:
-        with open_source(str(source)) as opened:
-            staged = stage(opened, str(source), open_store(f"s3://{BUCKET}/{key}", lambda: client))
-        extra = {
-            "rows": sum(staged.rows.values()),
-            "quarantined": staged.validation["quarantined_rows"],
-            "phases": staged.seconds,
-        }
-    seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"seconds": seconds, "peak_rss": peak, **extra}))
+        from abalone_pipeline.staging.sources import open_source
+    with PeakRss() as sampled:
+        started = time.perf_counter()
+        if mode == "boto3":
+            client.upload_file(str(source), BUCKET, key)
+        else:
+            store = open_store(f"s3://{BUCKET}/{key}", lambda: client)
+            with open_source(str(source)) as opened:
+                staged = stage(opened, str(source), store, workers=workers)
+            extra = {
+                "rows": sum(staged.rows.values()),
+                "quarantined": staged.validation["quarantined_rows"],
+                "phases": staged.seconds,
+                "workers": staged.workers,
+                "dataset_id": staged.dataset_id,
+            }
+        seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "peak_rss": sampled.peak, **extra}))
 
 
-def measure(mode: str, source: Path, endpoint: str, key: str) -> dict:
-    command = [sys.executable, __file__, "--child", mode, "--source", str(source), "--endpoint", endpoint, "--key", key]
+def measure(mode: str, source: Path, endpoint: str, key: str, workers: int = 1) -> dict:
+    command = [sys.executable, __file__, "--child", mode, "--source", str(source), "--endpoint", endpoint]
+    command += ["--key", key, "--child-workers", str(workers)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
@@ -125,14 +168,16 @@ def measure(mode: str, source: Path, endpoint: str, key: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 1024], help="source sizes in MiB")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker processes to stage with")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/abalone-bench"))
+    parser.add_argument("--child-workers", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=["boto3", "stage"], help=argparse.SUPPRESS)
     parser.add_argument("--source", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--endpoint", help=argparse.SUPPRESS)
     parser.add_argument("--key", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.source, args.endpoint, args.key)
+        child(args.child, args.source, args.endpoint, args.key, args.child_workers)
         return
 
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -140,11 +185,12 @@ def main() -> None:
         f"# {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d')}"
     )
     print(
-        "| source | rows | boto3 s | boto3 MB/s | boto3 peak RSS | stage s (scan + assemble + write) | stage MB/s "
-        "| stage peak RSS | throughput vs boto3 | RSS vs smallest |"
+        "| source | rows | boto3 s | boto3 MB/s | boto3 peak PSS | workers | stage s (scan + assemble + write) "
+        "| stage MB/s | stage peak PSS (all processes) | throughput vs boto3 | memory vs smallest, same --workers "
+        "| dataset |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    smallest_rss = None
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    smallest_rss: dict[int, int] = {}
     for size_mib in args.sizes:
         source = args.workdir / f"abalone-{size_mib}MiB.csv"
         if not source.exists():
@@ -166,20 +212,25 @@ def main() -> None:
                 except Exception:
                     time.sleep(0.1)
             plain = measure("boto3", source, endpoint, "plain/source.csv")
-            staged = measure("stage", source, endpoint, "staged")
+            for workers in args.workers:
+                staged = measure("stage", source, endpoint, f"staged-{workers}", workers)
+                report(size_mib, megabytes, plain, staged, smallest_rss.setdefault(workers, staged["peak_rss"]))
         finally:
             server.terminate()
             server.wait()
-        smallest_rss = smallest_rss or staged["peak_rss"]
-        phases = " + ".join(f"{staged['phases'][phase]:.1f}" for phase in ("scan", "assemble", "write"))
-        print(
-            f"| {size_mib} MiB | {staged['rows'] + staged['quarantined']:,} | {plain['seconds']:.1f} "
-            f"| {megabytes / plain['seconds']:.0f} | {plain['peak_rss'] / MIB:.0f} MiB | {staged['seconds']:.1f} "
-            f"({phases}) "
-            f"| {megabytes / staged['seconds']:.0f} | {staged['peak_rss'] / MIB:.0f} MiB "
-            f"| {plain['seconds'] / staged['seconds']:.2f} | {staged['peak_rss'] / smallest_rss:.2f} |",
-            flush=True,
-        )
+
+
+def report(size_mib: int, megabytes: float, plain: dict, staged: dict, smallest_rss: int) -> None:
+    """One row of the table; the dataset id is the same for every number of workers (checked by the tests)."""
+    phases = " + ".join(f"{staged['phases'][phase]:.1f}" for phase in ("scan", "assemble", "write"))
+    print(
+        f"| {size_mib} MiB | {staged['rows'] + staged['quarantined']:,} | {plain['seconds']:.1f} "
+        f"| {megabytes / plain['seconds']:.0f} | {plain['peak_rss'] / MIB:.0f} MiB | {staged['workers']} "
+        f"| {staged['seconds']:.1f} ({phases}) | {megabytes / staged['seconds']:.0f} "
+        f"| {staged['peak_rss'] / MIB:.0f} MiB | {plain['seconds'] / staged['seconds']:.2f} "
+        f"| {staged['peak_rss'] / smallest_rss:.2f} | `{staged['dataset_id']}` |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

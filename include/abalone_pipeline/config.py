@@ -143,6 +143,9 @@ class Settings:
     max_source_bytes: int = 16 * 1024**3
     # Where staging spools a source while it validates and splits it (the system's temp dir if unset).
     staging_dir: str | None = None
+    # Worker processes that scan and assemble a source (None: the CPUs the task may use; capped by the
+    # source's blocks, so the nightly abalone file is staged in the task's own process).
+    staging_workers: int | None = None
     # Default of the max_quarantine_fraction Param: the share of rows that may be quarantined.
     max_quarantine_fraction: float = 0.01
     # Drift against the previous staged dataset: warnings past these (see drift.DriftThresholds).
@@ -229,6 +232,7 @@ class Settings:
             ),
             max_source_bytes=_number(env, "ABALONE_MAX_SOURCE_BYTES", default.max_source_bytes, int, "a whole number"),
             staging_dir=env.get("ABALONE_STAGING_DIR") or None,
+            staging_workers=_number(env, "ABALONE_STAGING_WORKERS", None, int, "a whole number"),
             aws_conn_id=text("ABALONE_AWS_CONN_ID", default.aws_conn_id),
             sns_topic_arn=env.get("ABALONE_SNS_TOPIC_ARN") or None,
             airflow_base_url=text("ABALONE_AIRFLOW_BASE_URL", default.airflow_base_url).rstrip("/"),
@@ -305,6 +309,8 @@ class Settings:
             raise ConfigError(f"ABALONE_MAX_QUARANTINE_FRACTION must be in [0, 1), got {self.max_quarantine_fraction}")
         if self.max_source_bytes < 1:
             raise ConfigError(f"ABALONE_MAX_SOURCE_BYTES must be positive, got {self.max_source_bytes}")
+        if self.staging_workers is not None and not 1 <= self.staging_workers <= 64:
+            raise ConfigError(f"ABALONE_STAGING_WORKERS must be between 1 and 64, got {self.staging_workers}")
         if not 1000 <= self.bootstrap_resamples <= 100_000:
             raise ConfigError(
                 f"ABALONE_BOOTSTRAP_RESAMPLES must be between 1000 and 100000, got {self.bootstrap_resamples}"

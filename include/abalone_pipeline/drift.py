@@ -78,6 +78,21 @@ class Moments:
         self.squares -= np.einsum("ij,ij->i", columns, columns)
         self._counts(columns, sexes, -1)
 
+    def merge(self, other: Moments, sign: int = 1) -> None:
+        """Take in (``sign`` 1) or take out (-1) the rows ``other`` took in: a block's or a partition's,
+        summed in a worker. Sums are added as ``add`` adds a block's, so the result does not depend on
+        which process summed what."""
+        self.count += sign * other.count
+        self.sums += sign * other.sums
+        self.squares += sign * other.squares
+        if sign > 0:
+            self.low = self.low.clip(max=other.low)
+            self.high = self.high.clip(min=other.high)
+        for name in SEXES:
+            self.sexes[name] += sign * other.sexes[name]
+        for name in self.bands:
+            self.bands[name] += sign * other.bands[name]
+
     def result(self) -> dict[str, Any]:
         """Per-column mean, standard deviation, min and max; the shares of each Sex and age band."""
         count = self.count

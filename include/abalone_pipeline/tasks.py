@@ -38,7 +38,7 @@ def dataset_drift(settings: Settings, staged: dict[str, Any], previous_uri: str 
     import json
 
     from abalone_pipeline.drift import DriftThresholds, compare
-    from abalone_pipeline.sources import read_source
+    from abalone_pipeline.staging.sources import read_source
 
     if previous_uri is None or previous_uri == staged["manifest_uri"]:
         reason = "no earlier staged dataset" if previous_uri is None else "the same dataset as the previous run"
@@ -65,8 +65,8 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
     from airflow.sdk.exceptions import AirflowFailException
 
     from abalone_pipeline.objectstore import PermanentError, open_store
-    from abalone_pipeline.sources import open_source
     from abalone_pipeline.staging import StagingError, stage
+    from abalone_pipeline.staging.sources import open_source
     from abalone_pipeline.validation import ValidationPolicy
 
     factory = s3_client_factory(settings.aws_conn_id)
@@ -78,7 +78,9 @@ def stage_dataset(settings: Settings, source_uri: str, max_quarantine_fraction: 
         with open_source(source_uri, factory, max_bytes=settings.max_source_bytes) as source:
             size = f"{source.size:,} bytes" if source.size is not None else "size not known up front"
             log.info("staging %s (%s) into %s", source_uri, size, settings.object_store_uri)
-            staged = stage(source, source_uri, store, policy=policy, workdir=settings.staging_dir)
+            staged = stage(
+                source, source_uri, store, policy=policy, workdir=settings.staging_dir, workers=settings.staging_workers
+            )
     except (PermanentError, StagingError) as exc:
         # A missing, forbidden, oversized or invalid source, or a staged object changed by hand, will not
         # fix itself on retry; other errors (the network, the store) are retried.

@@ -59,6 +59,8 @@ def test_mlflow_tracking_uri_is_a_fallback():
         ("ABALONE_BOOTSTRAP_RESAMPLES", "999", "between 1000 and 100000"),
         ("ABALONE_MAX_SOURCE_BYTES", "0", "must be positive"),
         ("ABALONE_MAX_SOURCE_BYTES", "1G", "not a whole number"),
+        ("ABALONE_STAGING_WORKERS", "0", "between 1 and 64"),
+        ("ABALONE_STAGING_WORKERS", "two", "not a whole number"),
         ("ABALONE_EVAL_SLICES", "sex,rings", "ABALONE_EVAL_SLICES='sex,rings'"),
         ("ABALONE_EVAL_SLICES", "rings:", "rings:<increasing upper edges>"),
         ("ABALONE_MLFLOW_TRACKING_URI", "sqlite:///x.db", "http\\(s\\)"),

@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from abalone_pipeline.objectstore import LocalStore, MissingObject, ObjectStoreError, open_store
-from abalone_pipeline.sources import read_source
+from abalone_pipeline.staging.sources import read_source
 
 
 def test_local_put_if_absent_never_replaces(tmp_path):

@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from abalone_pipeline.objectstore import MissingObject, ObjectStoreError, PermanentError
-from abalone_pipeline.sources import SourceTooLarge, read_source
+from abalone_pipeline.staging.sources import SourceTooLarge, read_source
 
 
 def test_missing_source_names_the_path(tmp_path):

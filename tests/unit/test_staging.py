@@ -8,9 +8,11 @@ import random
 
 import pytest
 
-from abalone_pipeline import staging
 from abalone_pipeline.objectstore import LocalStore
 from abalone_pipeline.staging import COLUMNS, SplitSpec, StagingError, row_keys, split_of, stage
+from abalone_pipeline.staging import scan as staging_scan
+from abalone_pipeline.staging import spool as staging_spool
+from abalone_pipeline.staging import workers as staging_workers
 from abalone_pipeline.validation import SourceRejected, ValidationPolicy, check_rows
 
 
@@ -294,8 +296,8 @@ def test_the_dataset_does_not_depend_on_row_order_or_block_size(store, abalone_b
     lines = abalone_bytes.splitlines()
     random.Random(1).shuffle(lines)
     shuffled = b"\n".join(lines) + b"\n"
-    monkeypatch.setattr(staging, "BLOCK_BYTES", 4096)  # many blocks, many partitions
-    monkeypatch.setattr(staging, "PARTITION_BYTES", 8192)
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 4096)  # many blocks, many partitions
+    monkeypatch.setattr(staging_spool, "PARTITION_BYTES", 8192)
     chunks = [shuffled[i : i + 1000] for i in range(0, len(shuffled), 1000)]
     streamed = stage(chunks, "x", store, size=len(shuffled))
     assert streamed.dataset_id != base, "the quarantine names other lines: part of the dataset"
@@ -303,18 +305,63 @@ def test_the_dataset_does_not_depend_on_row_order_or_block_size(store, abalone_b
 
 
 def test_duplicates_are_found_across_blocks_and_partitions(store, monkeypatch):
-    monkeypatch.setattr(staging, "BLOCK_BYTES", 2048)
-    monkeypatch.setattr(staging, "PARTITION_BYTES", 1024)
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 2048)
+    monkeypatch.setattr(staging_spool, "PARTITION_BYTES", 1024)
     blocks = []
-    monkeypatch.setattr(staging, "check_rows", lambda block, *a: blocks.append(block) or check_rows(block, *a))
+    monkeypatch.setattr(staging_scan, "check_rows", lambda block, *a: blocks.append(block) or check_rows(block, *a))
     payload = rows_of(400) + rows_of(2)
-    staged = stage([payload], "x", store, policy=ValidationPolicy(0.01), size=len(payload))
+    staged = stage([payload], "x", store, policy=ValidationPolicy(0.01), size=len(payload), workers=1)
     assert len(blocks) > 5 and max(map(len, blocks)) <= 2048, "one big chunk is cut into blocks"
     assert [(q["line"], q["reason"]) for q in quarantined(store, staged)] == [
         ("401", "exact duplicate of line 1"),
         ("402", "exact duplicate of line 2"),
     ]
     assert staged.statistics["rows"] == 400 and sum(staged.rows.values()) == 400
+
+
+@pytest.mark.parametrize("order", ["as read", "shuffled"])
+def test_any_number_of_workers_stages_the_same_bytes(tmp_path, abalone_bytes, monkeypatch, order):
+    """Blocks and partitions go to worker processes; the splits, the quarantine, the statistics and the
+    manifest are byte for byte those of one process, duplicates across blocks included."""
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 16 << 10)  # about 120 blocks
+    monkeypatch.setattr(staging_spool, "PARTITION_BYTES", 16 << 10)  # 16 partitions
+    lines = abalone_bytes.splitlines()
+    if order == "shuffled":
+        random.Random(7).shuffle(lines)
+    source = HEADER + b"\n".join([*lines, *lines[100:130], b"M,0.5,0.4,0,0.6,0.2,0.1,0.2,9"]) + b"\n"
+    outcomes = []
+    for workers in (1, 2, 3):
+        store = LocalStore(tmp_path / f"store-{workers}")
+        staged = stage([source], "x", store, policy=ValidationPolicy(0.02), size=len(source), workers=workers)
+        assert staged.workers == workers
+        files = sorted((tmp_path / f"store-{workers}").rglob("*.*"))
+        objects = {path.name: path.read_bytes().replace(store.root_uri.encode(), b"<store>") for path in files}
+        outcomes.append((staged.dataset_id, staged.validation, objects))
+    assert outcomes[0][1]["quarantined_by_rule"]["duplicate"] == 30
+    assert outcomes[1] == outcomes[0] and outcomes[2] == outcomes[0]
+
+
+def test_a_refusal_in_a_worker_is_raised_as_in_one_process(store, monkeypatch):
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 2048)
+    payload = rows_of(300) + b"M,0.5,\x00,0.1\n" + rows_of(10)
+    with pytest.raises(StagingError, match="line 301 contains NUL bytes"):
+        stage([payload], "nul.csv", store, size=len(payload), workers=2)
+    assert not list(store.root.rglob("*.*")), "nothing is written"
+
+
+def test_workers_are_sized_from_the_cpus_and_the_source(monkeypatch, tmp_path):
+    monkeypatch.setattr(staging_workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    limit = tmp_path / "cpu.max"
+    monkeypatch.setattr(staging_workers, "CGROUP_CPU_MAX", limit)
+    assert staging_workers.available_cpus() == 4, "no cgroup file: the affinity"
+    limit.write_text("150000 100000\n")
+    assert staging_workers.available_cpus() == 2, "a container limited to 1.5 CPUs gets 2 workers"
+    limit.write_text("max 100000\n")
+    assert staging_workers.available_cpus() == 4
+    assert staging_workers.worker_count(None, 200_000, 8 << 20) == 1, "one block: no pool"
+    assert staging_workers.worker_count(None, 20 << 20, 8 << 20) == 3
+    assert staging_workers.worker_count(None, None, 8 << 20) == 4
+    assert staging_workers.worker_count(2, 1 << 30, 8 << 20) == 2, "the setting wins"
 
 
 def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone_bytes):
@@ -389,7 +436,7 @@ def test_lines_csv_cannot_read_are_quarantined_and_a_file_without_line_feeds_is_
     assert [(q["line"], q["rule"]) for q in entries] == [("301", "field_format"), ("302", "field_format")]
     assert "not a CSV row" in entries[0]["reason"]
     assert len(entries[1]["fields"]) < 1100, "a row is recorded up to 1 KiB"
-    monkeypatch.setattr(staging, "BLOCK_BYTES", 4096)
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 4096)
     with pytest.raises(StagingError, match=r"line 1: no line break within 4,096 bytes .*CR-only"):
         stage([rows_of(300).replace(b"\n", b"\r")], "mac.csv", store)
     with pytest.raises(StagingError, match="line 11: no line break"):

@@ -1,0 +1,86 @@
+"""Worker processes for the scan and the assembly: how many, and results in order with bounded work in flight.
+
+Blocks of the source (in the scan) and partitions of the spool (in the assembly) are independent, so they are
+handed to a pool of forked processes and their results taken back in order, which keeps the output the same
+for any number of workers. A source of one block, or one worker, is processed in the task's own process.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import multiprocessing
+import os
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = CGROUP_CPU_MAX.read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def worker_count(requested: int | None, size: int | None, block_bytes: int) -> int:
+    """``requested`` workers (the CPUs available if None), never more than the source has blocks."""
+    workers = requested or available_cpus()
+    if size is not None:
+        workers = min(workers, max(1, math.ceil(size / block_bytes)))
+    return max(1, workers)
+
+
+class _InProcess(Executor):
+    """Runs each call at once in this process: one worker needs no pool."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # handed back through the future, as a pool would
+            future.set_exception(exc)
+        return future
+
+
+@contextmanager
+def pool(workers: int) -> Generator[Executor, None, None]:
+    """A pool of ``workers`` forked processes (they inherit the imported libraries), or this process alone.
+
+    Forked, not spawned: a spawned worker would re-import the task runner's main module and every library
+    (seconds each); the workers only compute and write their own files, and never log.
+    """
+    if workers <= 1:
+        yield _InProcess()
+        return
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+    try:
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def in_order(executor: Executor, calls: Iterable[tuple[Callable[..., Any], tuple]], ahead: int) -> Iterator[Any]:
+    """The result of each ``(function, args)`` in ``calls``, in order, with at most ``ahead`` of them pending.
+
+    ``calls`` is consumed lazily, so the caller's reading (of the source, of the spool) is bounded too.
+    """
+    pending: collections.deque[Future] = collections.deque()
+    for function, args in calls:
+        pending.append(executor.submit(function, *args))
+        if len(pending) >= ahead:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
