@@ -19,7 +19,12 @@ since the champion, so it does not train (the cheapest night); its wall time and
 The DAG's schedule is set to none (``ABALONE_SCHEDULE=none``) so that unpausing starts no nightly slot
 beside the triggered runs; everything else is the embedded default of ``scripts/env.sh``.
 
-    .venv/bin/python bench/scheduler_overhead.py [--runs 2] [--epochs 20]
+    .venv/bin/python bench/scheduler_overhead.py [--runs 2] [--epochs 20] [--executor local|celery]
+
+``--executor celery`` runs the same settings on the Celery harness instead (tests/e2e/celery_cluster.py:
+PostgreSQL, Redis, Airflow's API server, scheduler and DAG processor with the CeleryExecutor, a Celery
+worker on the default queue and two on the gpu queue), with its own MLflow server: the production topology's
+hand-offs (the broker, a worker per queue) on one machine. It needs Debian's postgresql and redis-server.
 
 Needs a Docker engine and the trainer image (``make image``). Prints Markdown tables; bench/RESULTS.md
 records a run with its machine and date.
@@ -28,6 +33,7 @@ records a run with its machine and date.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -38,12 +44,14 @@ import sys
 import tempfile
 import time
 import urllib.parse
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.append(str(REPOSITORY / "scripts"))
 local_airflow = importlib.import_module("local_airflow")
+local_mlflow = importlib.import_module("local_mlflow")
 BIN = REPOSITORY / ".venv" / "bin"
 DAG_ID = "abalone_retraining"
 TARGET_SECONDS = 10.0
@@ -69,6 +77,42 @@ SETTINGS = (
     ("dag_processor", "parsing_processes"),
     ("database", "sql_alchemy_conn"),
 )
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What ``local_airflow.follow`` needs of a stack that is not ``make run``'s: where its API answers."""
+
+    api: str
+    run_timeout: float = 1800.0
+
+
+@contextlib.contextmanager
+def local_stack(env: dict[str, str]):
+    """``make run``'s stack (LocalExecutor); yields (the stack, a way to get a token, its environment)."""
+    script = [str(BIN / "python"), str(REPOSITORY / "scripts" / "local_airflow.py")]
+    try:
+        subprocess.run([*script, "up"], env=env, check=True)
+        stack = local_airflow.Stack.from_env(env)
+        yield stack, lambda: local_airflow.login(stack), env
+    finally:
+        subprocess.run([*script, "stop"], env=env, check=False)
+
+
+@contextlib.contextmanager
+def celery_stack(env: dict[str, str], tmp: Path, mlflow_port: int):
+    """The Celery harness with the same settings and its own MLflow server; no login (all users are admins)."""
+    sys.path.insert(0, str(REPOSITORY))
+    from tests.e2e.celery_cluster import celery_cluster
+
+    with (
+        local_mlflow.server(tmp / "mlflow", mlflow_port),
+        celery_cluster(tmp / "celery", env, DAG_ID) as cluster,
+    ):
+        status, body = local_airflow.call("PATCH", f"{cluster['api']}/api/v2/dags/{DAG_ID}", body={"is_paused": False})
+        if status != 200:
+            raise SystemExit(f"cannot unpause {DAG_ID} ({status} {body})")
+        yield Cluster(cluster["api"]), lambda: None, cluster["env"]
 
 
 def _load_nightly_overhead():
@@ -314,12 +358,12 @@ def main() -> None:
     parser.add_argument("--no-unchanged", action="store_true", help="skip the last run that does not train")
     parser.add_argument("--airflow-port", type=int, default=18280)
     parser.add_argument("--mlflow-port", type=int, default=15200)
+    parser.add_argument("--executor", choices=["local", "celery"], default="local", help="what runs the tasks")
     args = parser.parse_args()
     nightly_overhead = _load_nightly_overhead()
 
     tmp = Path(tempfile.mkdtemp(prefix="abalone-scheduler-"))
     env = stack_env(tmp, args.airflow_port, args.mlflow_port)
-    script = [str(BIN / "python"), str(REPOSITORY / "scripts" / "local_airflow.py")]
     events_file = tmp / "docker-events.jsonl"
     events = None
     figures = []
@@ -329,34 +373,33 @@ def main() -> None:
                 ["docker", "events", "--format", "{{json .}}", "--filter", "type=container"], stdout=out
             )
         started = time.monotonic()
-        subprocess.run([*script, "up"], env=env, check=True)
-        print(f"\nstack up in {time.monotonic() - started:.1f} s", flush=True)
-        settings = airflow_settings(env)
-        stack = local_airflow.Stack.from_env(env)
-        token = local_airflow.login(stack)
-        ups = upstreams(stack, token)
-        done = []
-        for index in range(args.runs):
-            token = local_airflow.login(stack)
-            run_id, run, tis = one_run(
-                stack, token, {"epochs": args.epochs, "force_training": True}, f"bench/scheduler_overhead {index + 1}"
-            )
-            command = rendered_command(stack, token, run_id)
-            alone = nightly_overhead.trainer_alone(env, command, f"bench/scheduler-alone-{index}")
-            print(f"  trainer alone: {alone:.1f} s", flush=True)
-            done.append((run_id, run, tis, alone))
-        unchanged = None
-        if not args.no_unchanged:
-            token = local_airflow.login(stack)
-            unchanged = one_run(stack, token, {"epochs": args.epochs}, "bench/scheduler_overhead unchanged")
-        time.sleep(2)  # the last die events
+        chosen = local_stack(env) if args.executor == "local" else celery_stack(env, tmp, args.mlflow_port)
+        with chosen as (stack, login, env):
+            print(f"\nstack up in {time.monotonic() - started:.1f} s", flush=True)
+            settings = airflow_settings(env)
+            ups = upstreams(stack, login())
+            done = []
+            for index in range(args.runs):
+                conf = {"epochs": args.epochs, "force_training": True}
+                run_id, run, tis = one_run(stack, login(), conf, f"bench/scheduler_overhead {index + 1}")
+                command = rendered_command(stack, login(), run_id)
+                alone = nightly_overhead.trainer_alone(env, command, f"bench/scheduler-alone-{index}")
+                print(f"  trainer alone: {alone:.1f} s", flush=True)
+                done.append((run_id, run, tis, alone))
+            unchanged = None
+            if not args.no_unchanged:
+                unchanged = one_run(stack, login(), {"epochs": args.epochs}, "bench/scheduler_overhead unchanged")
+            time.sleep(2)  # the last die events
         events.terminate()
         events.wait(timeout=10)
         containers = container_times(events_file)
 
         order = [task for task in ("preflight", "stage", "train", "evaluate", "gate", "promote", "summarize")]
         order += sorted(task for task in ups if task not in order)
-        print(f"\nimage {env['ABALONE_TRAINER_IMAGE']}; conf {{'epochs': {args.epochs}}}; {args.runs} runs")
+        print(
+            f"\nexecutor {args.executor}; image {env['ABALONE_TRAINER_IMAGE']}; conf {{'epochs': {args.epochs}}}; "
+            f"{args.runs} runs"
+        )
         print("\n| setting | value |\n|---|---|")
         for name, value in settings.items():
             print(f"| {name} | {value} |")
@@ -380,7 +423,6 @@ def main() -> None:
         if events is not None and events.poll() is None:
             events.terminate()
             events.wait(timeout=10)
-        subprocess.run([*script, "stop"], env=env, check=False)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

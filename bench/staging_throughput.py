@@ -1,7 +1,7 @@
-"""Staging throughput and peak memory at 10 MB, 100 MB and 1 GB, beside a plain boto3 upload of the same file.
+"""Staging throughput and peak memory (PSS) at 10 MB, 100 MB and 1 GB, beside a plain boto3 upload of it.
 
 Generates abalone-like CSV files (cached in --workdir), starts moto's S3 server in its own process for
-each size, and runs each measurement in a fresh Python process so that its peak RSS is its own:
+each size, and runs each measurement in a fresh Python process so that its peak memory is its own:
 
 - ``boto3``: ``upload_file`` of the source (boto3's managed multipart upload): the physical limit;
 - ``stage``: ``abalone_pipeline.staging.stage`` of the same file, streamed from disk into the S3 store
@@ -125,7 +125,7 @@ class PeakRss:
 
 
 def child(mode: str, source: Path, endpoint: str, key: str, workers: int) -> None:
-    """One measurement in this process; prints wall seconds and peak RSS as JSON."""
+    """One measurement in this process; prints wall seconds and peak PSS (with its workers) as JSON."""
     sys.path.insert(0, str(ROOT / "include"))
     client = _client(endpoint)
     extra: dict[str, object] = {}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import math
+import os
 from typing import Any
+
+from abalone_pipeline import forking
 
 # Small: read on screen beside the gate report in the MLflow UI.
 DPI = 100
@@ -113,3 +116,64 @@ def slice_chart(evaluation: dict[str, Any], decision: dict[str, Any]) -> bytes:
     png = io.BytesIO()
     figure.savefig(png, format="png")
     return png.getvalue()
+
+
+class Drawing:
+    """``slice_chart`` drawn in a forked helper process (``abalone_pipeline.forking``), so that a task can
+    load other libraries meanwhile.
+
+    The helper only imports matplotlib and draws; it never logs, and it closes its copy of the pipe's
+    reading end, so that its write fails rather than blocks once the task stops reading. ``result`` waits
+    for the PNG at most ``timeout`` seconds; ``close`` kills the helper if it still runs: a chart is never
+    worth a stuck task. Starting it may fail (then nothing runs): the caller draws nothing and says why.
+    """
+
+    def __init__(self, evaluation: dict[str, Any], decision: dict[str, Any], timeout: float = 60.0) -> None:
+        self.timeout = timeout
+        context = forking.context()
+        self.receive, send = context.Pipe(duplex=False)
+        try:
+            self.process = context.Process(
+                target=_draw, args=(os.getpid(), self.receive, send, evaluation, decision), daemon=True
+            )
+            with forking.children_allowed():
+                self.process.start()
+        except BaseException:
+            self.receive.close()
+            raise
+        finally:
+            send.close()
+
+    def result(self) -> bytes:
+        try:
+            if not self.receive.poll(self.timeout):
+                raise TimeoutError(f"the chart was not drawn within {self.timeout:.0f} s")
+            drawn, value = self.receive.recv()
+        except EOFError:
+            raise RuntimeError("the process drawing the chart exited without it") from None
+        finally:
+            self.close()
+        if not drawn:
+            raise RuntimeError(value)
+        return value
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        self.receive.close()
+
+
+def _draw(parent: int, receive, send, evaluation: dict[str, Any], decision: dict[str, Any]) -> None:
+    forking.as_helper(parent)
+    receive.close()
+    try:
+        outcome = (True, slice_chart(evaluation, decision))
+    except Exception as exc:  # handed to the task, which logs it
+        outcome = (False, f"{type(exc).__name__}: {exc}")
+    try:
+        send.send(outcome)
+    except BrokenPipeError:
+        pass  # the task no longer wants it
+    finally:
+        send.close()

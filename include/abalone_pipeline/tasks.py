@@ -225,12 +225,30 @@ def record_decision(
     the alias has moved. A candidate already decided (a cleared and re-run DAG run) keeps its decision.
     """
     from abalone_contract.tracking import mlflow_client
+    from abalone_pipeline.charts import Drawing
+
+    # matplotlib and MLflow's client each take seconds to import: the chart is drawn meanwhile.
+    try:
+        chart = Drawing(evaluation, decision)
+    except Exception as exc:  # the report says it all in words
+        log.warning("no gate chart: cannot start the process that draws it: %s", exc)
+        chart = None
+    try:
+        client = mlflow_client(settings.tracking_uri)
+        return _record(settings, client, chart, candidate, decision, evaluation, staged, dry_run, dag_run, try_number)
+    finally:
+        if chart is not None:
+            chart.close()
+
+
+def _record(settings: Settings, client, chart, candidate, decision, evaluation, staged, dry_run, dag_run, try_number):
+    """``record_decision`` once the client is loaded; the returned decision carries the champion after it
+    (``champion_now``), which the summary of a night that promotes nothing shows without a client of its own."""
     from abalone_pipeline import links, registry
     from abalone_pipeline.gate_report import render
     from abalone_pipeline.summary import DRY_RUN, REJECTED, outcome_of
 
     run_id = candidate["run_id"]
-    client = mlflow_client(settings.tracking_uri)
     run = client.get_run(run_id)
     recorded = run.data.tags.get(registry.TAG_DECISION)
     if recorded:
@@ -242,14 +260,15 @@ def record_decision(
         except Exception as exc:  # an older run without its JSON: tonight's decision stands in for it
             log.warning("cannot read the recorded decision of run %s (%s); using tonight's", run_id, exc)
             stored = decision
-        return {**stored, "outcome": recorded, "experiment_id": run.info.experiment_id, "already_decided": True}
+        decided = {**stored, "outcome": recorded, "experiment_id": run.info.experiment_id, "already_decided": True}
+        return {**decided, **champion_now(settings, client)}
     outcome = outcome_of(decision, dry_run=dry_run)
     gate_decision = Decision.from_dict(decision)
     run_url = links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id)
     tags = audit_tags(staged, candidate, dag_run, try_number, run_url)
     context = {key: value for key, value in tags.items() if key.startswith(("airflow.", "abalone."))}
     registry.record_report(client, run_id, gate_decision, render(gate_decision, evaluation, context))
-    log_chart(client, run_id, evaluation, decision)
+    log_chart(client, run_id, chart)
     if staged.get("drift"):
         client.log_dict(run_id, staged["drift"], "data/drift.json")
     from mlflow.entities import Metric, RunTag
@@ -276,15 +295,28 @@ def record_decision(
             decision=gate_decision,
             audit_tags=tags,
         )
-    return {**decision, "outcome": outcome, "experiment_id": run.info.experiment_id}
+    return {**decision, "outcome": outcome, "experiment_id": run.info.experiment_id, **champion_now(settings, client)}
 
 
-def log_chart(client, run_id: str, evaluation: dict[str, Any], decision: dict[str, Any]) -> None:
-    """The candidate-vs-champion chart per slice, beside the report; a chart never fails the gate."""
+def champion_now(settings: Settings, client) -> dict[str, str | None]:
+    """``{"champion_now": version}`` (None: there is no champion) read once the decision is recorded, or
+    nothing if the registry cannot say (the summary then reads it itself)."""
+    from abalone_pipeline import registry
+
     try:
-        from abalone_pipeline.charts import slice_chart
+        return {"champion_now": registry.current_version(client, settings.model_name, settings.champion_alias)}
+    except Exception as exc:
+        log.warning("cannot read %s@%s for the summary: %s", settings.model_name, settings.champion_alias, exc)
+        return {}
 
-        png = slice_chart(evaluation, decision)
+
+def log_chart(client, run_id: str, chart) -> None:
+    """The candidate-vs-champion chart per slice (a ``charts.Drawing``), beside the report; a chart never
+    fails the gate."""
+    if chart is None:
+        return
+    try:
+        png = chart.result()
     except Exception as exc:  # the report says it all in words
         log.warning("no gate chart: %s", exc)
         return
@@ -347,20 +379,20 @@ def summarize(
     candidate: dict[str, Any] | None,
     dag_run,
 ) -> dict[str, Any]:
-    """The run at a glance, with the champion as the registry has it now; logged as JSON, links alone.
+    """The run at a glance, with the champion as the registry has it; logged as JSON, links alone.
 
-    ``candidate`` is None on a night that did not train (its ``decision`` says why).
+    ``candidate`` is None on a night that did not train (its ``decision`` says why). On a night that
+    promotes nothing, the champion is the one the gate read after recording its decision (no MLflow
+    client to load here: a few seconds of such a night); after a promotion, on a night that did not
+    train, or if the gate could not read it, it is read from the registry now.
     """
-    from abalone_contract.tracking import mlflow_client
-    from abalone_pipeline import links, registry
+    from abalone_pipeline import links
     from abalone_pipeline.summary import log_lines, run_summary
 
-    client = mlflow_client(settings.tracking_uri)
-    try:
-        champion_now = registry.current_version(client, settings.model_name, settings.champion_alias)
-    except Exception as exc:  # the night's work is done; a summary without the champion is still one
-        log.warning("cannot read %s@%s for the summary: %s", settings.model_name, settings.champion_alias, exc)
-        champion_now = None
+    if promoted is None and "champion_now" in decision:
+        champion = decision["champion_now"]
+    else:
+        champion = read_champion(settings)
     version = (promoted or {}).get("version")
     run_id = (candidate or {}).get("run_id")
     summary = run_summary(
@@ -368,18 +400,32 @@ def summarize(
         decision=decision,
         outcome=decision["outcome"] if promoted is None else promoted["verdict"],
         promoted_version=version,
-        champion_now=champion_now,
+        champion_now=champion,
         links={
             "airflow_run": links.airflow_run_url(settings.airflow_base_url, dag_run.dag_id, dag_run.run_id),
             "mlflow_run": links.run_link(settings, run_id, decision.get("experiment_id")) if run_id else None,
             "gate_report": gate_report_link(settings, run_id, decision.get("experiment_id")) if run_id else None,
             "promoted_version": links.version_link(settings, version),
-            "champion": links.version_link(settings, champion_now),
+            "champion": links.version_link(settings, champion),
         },
     )
     for line in log_lines(summary):
         log.info("%s", line)
     return summary
+
+
+def read_champion(settings: Settings) -> str | None:
+    """The version the champion alias points at now; None, with a warning, if the registry cannot say: a
+    summary without the champion is still one."""
+    from abalone_contract.tracking import mlflow_client
+    from abalone_pipeline import registry
+
+    try:
+        client = mlflow_client(settings.tracking_uri)
+        return registry.current_version(client, settings.model_name, settings.champion_alias)
+    except Exception as exc:
+        log.warning("cannot read %s@%s: %s", settings.model_name, settings.champion_alias, exc)
+        return None
 
 
 def gate_report_link(settings: Settings, run_id: str, experiment_id: str | None) -> str | None:

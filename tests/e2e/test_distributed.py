@@ -6,19 +6,16 @@ Runs are triggered through the REST API with a conf, as the UI's form does."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
 
-from .conftest import AWS_ENV, BIN, ROOT, STAGING_BUCKET, TRAINER_IMAGE, free_port
+from . import celery_cluster
+from .conftest import AWS_ENV, STAGING_BUCKET, TRAINER_IMAGE
 from .invariants import (
     ContainerSampler,
     assert_nothing_left,
@@ -28,123 +25,45 @@ from .invariants import (
     wait_for_end,
     wait_until_training,
 )
-from .processes import Processes, start_airflow, wait_for
+from .processes import wait_for
 
 DAG_ID = "abalone_retraining"
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
-REDIS = shutil.which("redis-server")
 CONF = {"epochs": 3, "batch_size": 256, "force_training": True}  # both runs train, one at a time
 
-if not ((PG_BIN / "initdb").exists() and REDIS) and not os.environ.get("CI"):
+if not celery_cluster.available() and not os.environ.get("CI"):
     pytest.skip("needs Debian's postgresql and redis-server (.ci/run installs them)", allow_module_level=True)
-
-
-def as_postgres(command: list[str]) -> list[str]:
-    """PostgreSQL refuses to run as root: run its programs as the postgres user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, docker_engine, s3_endpoint, mlflow_server) -> Iterator[dict]:
-    logs = tmp_path_factory.mktemp("distributed")
-    processes = Processes(logs)
-    pg_data = Path(tempfile.mkdtemp(prefix="abalone-pg-"))  # readable by the postgres user, unlike pytest's
-    if os.geteuid() == 0:
-        shutil.chown(pg_data, "postgres", "postgres")
-    pg_port, redis_port, api_port = free_port(), free_port(), free_port()
-    try:
-        initdb = subprocess.run(
-            as_postgres([str(PG_BIN / "initdb"), "-D", str(pg_data / "db"), "-U", "airflow", "--auth=trust"]),
-            capture_output=True,
-            text=True,
-        )
-        assert initdb.returncode == 0, initdb.stderr
-        processes.start(
-            "postgres",
-            as_postgres(
-                [
-                    str(PG_BIN / "postgres"),
-                    "-D",
-                    str(pg_data / "db"),
-                    "-p",
-                    str(pg_port),
-                    "-c",
-                    "listen_addresses=127.0.0.1",
-                    "-c",
-                    f"unix_socket_directories={pg_data}",
-                ]
-            ),
-        )
-        wait_for(
-            "PostgreSQL",
-            lambda: subprocess.run([str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(pg_port)]).returncode == 0,
-            processes,
-            timeout=60,
-        )
-        created = subprocess.run(
-            [str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "airflow", "airflow"],
-            capture_output=True,
-            text=True,
-        )
-        assert created.returncode == 0, created.stderr
-        processes.start(
-            "redis", [REDIS, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        )
-
-        database = f"postgresql+psycopg2://airflow@127.0.0.1:{pg_port}/airflow"
-        api = f"http://127.0.0.1:{api_port}"
-        env = {
-            **os.environ,
-            **AWS_ENV,
-            "AWS_ENDPOINT_URL": s3_endpoint,
-            "AIRFLOW_HOME": str(logs / "airflow-home"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": database,
-            "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "AIRFLOW__CELERY__RESULT_BACKEND": f"db+postgresql+psycopg2://airflow@127.0.0.1:{pg_port}/airflow",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api}/execution/",
-            "AIRFLOW__API__BASE_URL": api,
-            "AIRFLOW__API_AUTH__JWT_SECRET": "abalone-distributed-test-secret",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
-            "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.worker_identity.hostname",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
-            "PYTHONPATH": str(ROOT),
-            "GIT_PYTHON_REFRESH": "quiet",
-            "C_FORCE_ROOT": "true",  # Celery refuses root otherwise; this test machine runs everything as root
-            "ABALONE_MLFLOW_TRACKING_URI": mlflow_server,
-            "ABALONE_OBJECT_STORE_URI": f"s3://{STAGING_BUCKET}/distributed",
-            "ABALONE_TRAINER_IMAGE": TRAINER_IMAGE,
-            "ABALONE_EXPERIMENT": "abalone-distributed",
-            "ABALONE_MODEL_NAME": "abalone-distributed",
-            # One retry, soon: a worker killed mid-training is retried on the other GPU worker.
-            "ABALONE_TASK_RETRIES": "1",
-            "ABALONE_RETRY_DELAY_SECONDS": "5",
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
-            "ABALONE_TRAINER_EPOCH_DELAY_SECONDS": "1",
-            # Manual runs only, two at a time: what caps training is then the gpu pool, not the DAG.
-            "ABALONE_SCHEDULE": "none",
-            "ABALONE_MAX_ACTIVE_RUNS": "2",
-        }
-        start_airflow(processes, env, api_port, DAG_ID)
-        airflow = str(BIN / "airflow")
-        for queue, name in (("default", "default-worker"), ("gpu", "gpu-worker"), ("gpu", "gpu-worker-2")):
-            worker_env = {**env, "ABALONE_WORKER_NAME": name}
-            command = [airflow, "celery", "worker", "--queues", queue, "--concurrency", "2"]
-            processes.start(name, [*command, "--celery-hostname", f"{name}@%h"], worker_env)
+    env = {
+        **os.environ,
+        **AWS_ENV,
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "tests.e2e.worker_identity.hostname",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "ABALONE_MLFLOW_TRACKING_URI": mlflow_server,
+        "ABALONE_OBJECT_STORE_URI": f"s3://{STAGING_BUCKET}/distributed",
+        "ABALONE_TRAINER_IMAGE": TRAINER_IMAGE,
+        "ABALONE_EXPERIMENT": "abalone-distributed",
+        "ABALONE_MODEL_NAME": "abalone-distributed",
+        # One retry, soon: a worker killed mid-training is retried on the other GPU worker.
+        "ABALONE_TASK_RETRIES": "1",
+        "ABALONE_RETRY_DELAY_SECONDS": "5",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "ABALONE_TRAINER_EPOCH_DELAY_SECONDS": "1",
+        # Manual runs only, two at a time: what caps training is then the gpu pool, not the DAG.
+        "ABALONE_SCHEDULE": "none",
+        "ABALONE_MAX_ACTIVE_RUNS": "2",
+    }
+    with celery_cluster.celery_cluster(tmp_path_factory.mktemp("distributed"), env, DAG_ID) as started:
         yield {
-            "api": api,
-            "processes": processes,
+            **started,
             "mlflow": mlflow_server,
             "client": MlflowClient(mlflow_server),
             "experiment": "abalone-distributed",
         }
-    finally:
-        processes.stop()
-        shutil.rmtree(pg_data, ignore_errors=True)
 
 
 def api_json(cluster: dict, path: str) -> dict:

@@ -239,6 +239,7 @@ def test_a_worse_candidate_is_rejected_and_the_champion_stays(worse_run, client,
     assert task_state(airflow, RUN_3, "promote") == "skipped"
     summary = summary_of(worse_run.output)
     assert summary["outcome"] == "rejected" and summary["champion_now"] == "1" and summary["promoted_version"] is None
+    assert "gate/slices.png" in {a.path for a in client.list_artifacts(worse.info.run_id, "gate")}, "drawn aside"
     assert summary["headline"].startswith("rejected: failed ") and "improvement" in summary["headline"]
     decision = json.loads(artifact(client, worse.info.run_id, "gate/decision.json"))
     failed = [check["rule"] for check in decision["checks"] if not check["passed"]]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import signal
 import struct
+import time
 
 import pytest
 
 from abalone_contract.results import parse_evaluation
-from abalone_pipeline.charts import slice_chart
+from abalone_pipeline import charts
+from abalone_pipeline.charts import Drawing, slice_chart
 from abalone_pipeline.gate import GatePolicy, decide
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -81,3 +84,46 @@ def test_the_interval_level_follows_the_policy():
     at_95 = slice_chart(evaluation, decide(evaluation, GatePolicy(confidence=0.95)).to_dict())
     at_80 = slice_chart(evaluation, decide(evaluation, GatePolicy(confidence=0.8)).to_dict())
     assert at_95 != at_80
+
+
+def test_a_drawing_in_a_forked_process_is_the_same_png():
+    evaluation = parse_evaluation(payload("scored"))
+    decision = decide(evaluation, GatePolicy(confidence=0.95)).to_dict()
+    drawing = Drawing(evaluation, decision)
+    assert drawing.result() == slice_chart(evaluation, decision)
+    assert not drawing.process.is_alive() and drawing.process.exitcode == 0
+
+
+def test_a_drawing_that_fails_or_hangs_says_why_and_leaves_no_process(monkeypatch):
+    with pytest.raises(RuntimeError, match="KeyError: 'candidate'"):
+        Drawing({}, {}).result()
+    monkeypatch.setattr(charts, "slice_chart", lambda *args: time.sleep(60))
+    hung = Drawing({}, {}, timeout=0.5)
+    with pytest.raises(TimeoutError, match="not drawn within"):
+        hung.result()
+    assert not hung.process.is_alive(), "stopped, not left behind"
+
+
+def test_a_drawing_never_read_is_ended_even_under_a_task_s_signal_handlers(monkeypatch):
+    """A gate that returns early (a candidate decided before) closes the drawing unread: the process must
+    end although the PNG fills its pipe and the task's SIGTERM handler (inherited by the fork) ignores it."""
+    evaluation = parse_evaluation(payload("scored"))
+    decision = decide(evaluation, GatePolicy(confidence=0.95)).to_dict()
+    previous = signal.signal(signal.SIGTERM, lambda *args: None)
+    try:
+        drawing = Drawing(evaluation, decision)
+        assert drawing.receive.poll(60), "drawn, waiting to be read"
+        started = time.monotonic()
+        drawing.close()
+        assert not drawing.process.is_alive() and time.monotonic() - started < 5
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_drawing_starts_in_a_process_marked_daemonic(monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    evaluation = parse_evaluation(payload(None))
+    decision = decide(evaluation, GatePolicy()).to_dict()
+    assert png_size(Drawing(evaluation, decision).result())[1] > 200

@@ -349,6 +349,26 @@ def test_a_refusal_in_a_worker_is_raised_as_in_one_process(store, monkeypatch):
     assert not list(store.root.rglob("*.*")), "nothing is written"
 
 
+def test_a_refusal_in_an_earlier_block_wins_over_an_error_reading_further_ahead(store, monkeypatch):
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 2048)
+    payload = rows_of(300) + b"M,0.5,\x00,0.1\n" + rows_of(60) + b"M," * 5000
+    for workers in (1, 3):
+        with pytest.raises(StagingError, match="line 301 contains NUL bytes"):
+            stage([payload], "nul.csv", store, size=len(payload), workers=workers)
+
+
+def test_workers_start_in_a_process_marked_daemonic_as_celery_marks_its_pool(store, monkeypatch, abalone_bytes):
+    """Celery's prefork pool marks its processes daemonic and Airflow's task process inherits the mark, which
+    makes multiprocessing refuse to start children: staging's workers start all the same."""
+    import multiprocessing
+
+    monkeypatch.setitem(multiprocessing.current_process()._config, "daemon", True)
+    monkeypatch.setattr(staging_scan, "BLOCK_BYTES", 64 << 10)
+    staged = stage([abalone_bytes], "x", store, size=len(abalone_bytes), workers=2)
+    assert staged.workers == 2 and staged.dataset_id == "7c4075e67892e879"
+    assert multiprocessing.current_process()._config["daemon"] is True, "the mark is put back"
+
+
 def test_workers_are_sized_from_the_cpus_and_the_source(monkeypatch, tmp_path):
     monkeypatch.setattr(staging_workers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
     limit = tmp_path / "cpu.max"
@@ -362,6 +382,9 @@ def test_workers_are_sized_from_the_cpus_and_the_source(monkeypatch, tmp_path):
     assert staging_workers.worker_count(None, 20 << 20, 8 << 20) == 3
     assert staging_workers.worker_count(None, None, 8 << 20) == 4
     assert staging_workers.worker_count(2, 1 << 30, 8 << 20) == 2, "the setting wins"
+    monkeypatch.setattr(staging_workers.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert staging_workers.worker_count(None, 1 << 30, 8 << 20) == 8, "by default at most 8"
+    assert staging_workers.worker_count(16, 1 << 30, 8 << 20) == 16
 
 
 def test_stage_writes_splits_and_a_manifest_that_vouches_for_them(store, abalone_bytes):

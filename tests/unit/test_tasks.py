@@ -7,7 +7,14 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
 from abalone_pipeline.config import BUNDLED_DATA, ConfigError, Settings
-from abalone_pipeline.tasks import check_run_options, gate_candidate, gate_metrics, policy_for_run, promote_candidate
+from abalone_pipeline.tasks import (
+    check_run_options,
+    gate_candidate,
+    gate_metrics,
+    policy_for_run,
+    promote_candidate,
+    summarize,
+)
 
 SETTINGS = Settings.from_env({"ABALONE_MLFLOW_TRACKING_URI": "http://127.0.0.1:9"})  # never contacted
 DAG_RUN = SimpleNamespace(
@@ -167,3 +174,33 @@ def test_the_gate_logs_the_champion_and_the_baselines_beside_the_candidate():
     assert gate_metrics(EVALUATION) == {"gate.baseline_mean_rmse": 3.2, "gate.baseline_linear_rmse": 2.2}
     with_champion = {**EVALUATION, "champion": {"version": "3", "metrics": {**METRICS, "test_rmse": 2.05}}}
     assert gate_metrics(with_champion)["gate.champion_rmse"] == pytest.approx(2.05)
+
+
+def test_a_night_that_promotes_nothing_is_summarized_without_an_mlflow_client(monkeypatch):
+    from abalone_contract import tracking
+
+    reads = []
+    monkeypatch.setattr(tracking, "mlflow_client", lambda uri: reads.append(uri) or _DownRegistry)
+    decision = {**gate_candidate(EVALUATION, check_run_options(SETTINGS, {}), DAG_RUN), "outcome": "rejected"}
+    staged = {"dataset_id": "aaaa", "manifest_uri": "file:///m.json", "rows": {}, "validation": {}}
+    candidate = {"run_id": "r1"}
+
+    def summary(decision, promoted=None):
+        return summarize(
+            SETTINGS, decision=decision, promoted=promoted, staged=staged, candidate=candidate, dag_run=DAG_RUN
+        )
+
+    assert summary({**decision, "champion_now": "3"})["champion_now"] == "3" and not reads, "the gate's read"
+    assert summary({**decision, "champion_now": None})["champion_now"] is None and not reads, "no champion yet"
+    assert summary(decision)["champion_now"] is None and reads, "no read on record: the registry (down here)"
+    reads.clear()
+    promoted = {"version": "4", "verdict": "promoted"}
+    assert summary({**decision, "champion_now": "3"}, promoted)["champion_now"] is None and reads, "read again"
+
+
+class _DownRegistry:
+    """A registry that cannot answer."""
+
+    @staticmethod
+    def get_model_version_by_alias(name, alias):
+        raise ConnectionError("the registry is down")

@@ -156,6 +156,6 @@ def _fill(
                 files[name].write(data)
                 files[name].rows += rows
         if done % PROGRESS_PARTITIONS == 0:
-            log.info("assembled %d of %d partitions in %.0f s", done, spool.count, time.monotonic() - started)
+            log.info("assembled %d partitions with rows in %.0f s", done, time.monotonic() - started)
     entries = {name: (files[name].path, files[name].entry()) for name in SPLITS}
     return Assembly(entries, runs, duplicates_count, heavier_duplicates)

@@ -64,8 +64,7 @@ def stage(
     size = len(source) if isinstance(source, bytes) else size if size is not None else getattr(source, "size", None)
     count = pools.worker_count(workers, size, scanning.BLOCK_BYTES)
     try:
-        with pools.pool(count) as executor:
-            return _stage(chunks, source_uri, store, spec, policy, size, workdir, executor, count)
+        return _stage(chunks, source_uri, store, spec, policy, size, workdir, count)
     except SourceRejected as exc:
         raise StagingError(str(exc)) from exc  # callers handle one error for staging as a whole
 
@@ -78,7 +77,6 @@ def _stage(
     policy: ValidationPolicy,
     size: int | None,
     workdir: str | Path | None,
-    executor: Any,
     workers: int,
 ) -> StagedDataset:
     started = time.monotonic()
@@ -88,31 +86,33 @@ def _stage(
         spool = Spool(directory, partitions(size))
         rules = QuarantineRun(directory / "rules.csv")
         moments = Moments()
-        try:
-            scan = scanning.scan(chunks, source_uri, spec, spool, rules, moments, executor, ahead)
-        finally:
-            rules.close()
-        seconds = {"scan": time.monotonic() - started}
-        log.info(
-            "scanned %s with %d worker%s: %d data rows, %d quarantined, sha256 %s (%.1f s)",
-            source_uri,
-            workers,
-            "" if workers == 1 else "s",
-            scan.data_rows,
-            rules.count,
-            scan.source_sha256,
-            seconds["scan"],
-        )
-        if rules.count:  # refuse early, before the assembly, when the row rules alone exceed the share
-            check_fraction(
-                rules.count,
-                scan.data_rows,
-                scan.counts,
-                list(itertools.islice(read_run(rules.path), 3)),
+        # The workers end with the assembly (before the uploads), and before the spool is removed.
+        with pools.pool(workers) as executor:
+            try:
+                scan = scanning.scan(chunks, source_uri, spec, spool, rules, moments, executor, ahead)
+            finally:
+                rules.close()
+            seconds = {"scan": time.monotonic() - started}
+            log.info(
+                "scanned %s with %d worker%s: %d data rows, %d quarantined, sha256 %s (%.1f s)",
                 source_uri,
-                policy,
+                workers,
+                "" if workers == 1 else "s",
+                scan.data_rows,
+                rules.count,
+                scan.source_sha256,
+                seconds["scan"],
             )
-        assembly = assemble(spool, spec, directory, moments, executor, ahead)
+            if rules.count:  # refuse early, before the assembly, when the row rules alone exceed the share
+                check_fraction(
+                    rules.count,
+                    scan.data_rows,
+                    scan.counts,
+                    list(itertools.islice(read_run(rules.path), 3)),
+                    source_uri,
+                    policy,
+                )
+            assembly = assemble(spool, spec, directory, moments, executor, ahead)
         splits = assembly.splits
         heavier = scan.heavier - assembly.heavier_duplicates
         quarantine, first = merge(directory / QUARANTINE, [rules.path, *assembly.duplicates_runs])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import math
-import multiprocessing
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -17,11 +16,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from abalone_pipeline import forking
+
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+# Workers by default at most: each holds the libraries' working memory and a block or a partition, and the
+# task's own process (reading, hashing, writing the splits) is the limit well before this on a big host.
+DEFAULT_MAX_WORKERS = 8
 
 
 def available_cpus() -> int:
-    """The CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (a container's limit)."""
+    """The CPUs this process may run on: its affinity, capped by its cgroup's CPU quota (cgroup v2's
+    ``cpu.max``, a container's ``--cpus``; cgroup v1 quotas and a parent cgroup's are not read)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -36,11 +41,19 @@ def available_cpus() -> int:
 
 
 def worker_count(requested: int | None, size: int | None, block_bytes: int) -> int:
-    """``requested`` workers (the CPUs available if None), never more than the source has blocks."""
-    workers = requested or available_cpus()
+    """``requested`` workers (if None, the CPUs available, at most ``DEFAULT_MAX_WORKERS``), never more than
+    the source has blocks."""
+    workers = requested or min(available_cpus(), DEFAULT_MAX_WORKERS)
     if size is not None:
         workers = min(workers, max(1, math.ceil(size / block_bytes)))
     return max(1, workers)
+
+
+def _then_trim(function: Callable[..., Any], args: tuple) -> Any:
+    try:
+        return function(*args)
+    finally:
+        forking.trim_heap()
 
 
 class _InProcess(Executor):
@@ -57,30 +70,45 @@ class _InProcess(Executor):
 
 @contextmanager
 def pool(workers: int) -> Generator[Executor, None, None]:
-    """A pool of ``workers`` forked processes (they inherit the imported libraries), or this process alone.
+    """A pool of ``workers`` forked processes (``abalone_pipeline.forking``), or this process alone.
 
-    Forked, not spawned: a spawned worker would re-import the task runner's main module and every library
-    (seconds each); the workers only compute and write their own files, and never log.
+    On exit, work not started is cancelled and the work running is waited for, so that nothing writes to
+    the spool once the caller goes on (or removes it).
     """
     if workers <= 1:
         yield _InProcess()
         return
-    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
-    try:
-        yield executor
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+    with forking.children_allowed():  # the processes start on the first submit, and a broken one is not replaced
+        executor = ProcessPoolExecutor(
+            workers, mp_context=forking.context(), initializer=forking.as_helper, initargs=(os.getpid(),)
+        )
+        try:
+            yield executor
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def in_order(executor: Executor, calls: Iterable[tuple[Callable[..., Any], tuple]], ahead: int) -> Iterator[Any]:
     """The result of each ``(function, args)`` in ``calls``, in order, with at most ``ahead`` of them pending.
 
-    ``calls`` is consumed lazily, so the caller's reading (of the source, of the spool) is bounded too.
+    ``calls`` is consumed lazily, so the caller's reading (of the source, of the spool) is bounded too. An
+    error in ``calls`` itself (reading further ahead) comes after the results submitted before it, as it
+    would in one process: an earlier block's refusal is the one raised.
     """
+    trim = not isinstance(executor, _InProcess)
     pending: collections.deque[Future] = collections.deque()
-    for function, args in calls:
-        pending.append(executor.submit(function, *args))
-        if len(pending) >= ahead:
+
+    def submit(function: Callable[..., Any], args: tuple) -> Future:
+        return executor.submit(_then_trim, function, args) if trim else executor.submit(function, *args)
+
+    try:
+        for function, args in calls:
+            pending.append(submit(function, args))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+    except Exception:
+        while pending:
             yield pending.popleft().result()
+        raise
     while pending:
         yield pending.popleft().result()
