@@ -26,8 +26,9 @@ alias in the MLflow model registry only when the gate passes.
 * **summarize**: the run at a glance (headline, data digest, scores, outcome, the champion now and the
   links), as JSON in its XCom and its log.
 
-* **clean_up** (a teardown: it runs whatever happened upstream): closes the trainer tasks' fences, removes
-  this run's trainer containers and marks MLflow runs left RUNNING as KILLED, and logs what it found.
+* **clean_up** (the trainer tasks' teardown: it runs once they are done, whatever happened to them, beside
+  the gate): closes their fences, removes this run's trainer containers and marks MLflow runs left
+  RUNNING as KILLED, and logs what it found.
 
 Each try of train and evaluate claims its task's fence first; a container whose try is no longer the
 current one stops itself. Every failed task, and a failed run, is logged as one `ABALONE_FAILURE` line
@@ -359,8 +360,9 @@ def abalone_retraining():
 
         return clean_up_run(settings, dag_run.dag_id, dag_run.run_id)
 
-    # The one edge without data: a teardown, it runs once these are done, whatever happened to them.
-    [train, evaluate, promoted] >> clean_up().as_teardown()
+    # The one edge without data: a teardown of the trainer tasks, it runs once they are done, whatever happened
+    # to them, beside the gate (the registry tasks use no container, fence or open MLflow run).
+    [train, evaluate] >> clean_up().as_teardown()
 
 
 abalone_retraining()

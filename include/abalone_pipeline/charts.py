@@ -149,6 +149,7 @@ class Drawing:
             if not self.receive.poll(self.timeout):
                 raise TimeoutError(f"the chart was not drawn within {self.timeout:.0f} s")
             drawn, value = self.receive.recv()
+            self.process.join(1)  # it exits once it has sent the chart
         except EOFError:
             raise RuntimeError("the process drawing the chart exited without it") from None
         finally:

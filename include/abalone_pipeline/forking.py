@@ -62,11 +62,3 @@ def as_helper(parent: int) -> None:
         prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     if os.getppid() != parent:
         os._exit(1)
-
-
-def trim_heap() -> None:
-    """Hand the heap a finished task left free back to the system (glibc's ``malloc_trim``): a long-lived
-    helper would otherwise hold what its largest past tasks needed, in each arena they used."""
-    trim = getattr(_libc(), "malloc_trim", None)
-    if trim is not None:
-        trim(0)

@@ -54,7 +54,7 @@ def test_retraining_dag_shape(dagbag):
         "train": ["clean_up", "evaluate", "gate", "promote", "summarize"],
         "evaluate": ["clean_up", "gate"],
         "gate": ["promote", "summarize"],
-        "promote": ["clean_up", "summarize"],
+        "promote": ["summarize"],
         "summarize": [],
         "clean_up": [],
     }

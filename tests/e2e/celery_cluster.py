@@ -62,6 +62,7 @@ def celery_cluster(
 ) -> Generator[dict, None, None]:
     """Start the cluster with ``env`` (the caller's settings) and the CeleryExecutor's own; yield its API URL,
     its processes and the environment its Airflow processes run with; stop everything on exit."""
+    logs.mkdir(parents=True, exist_ok=True)
     processes = Processes(logs)
     pg_data = Path(tempfile.mkdtemp(prefix="abalone-pg-"))  # readable by the postgres user, unlike pytest's
     if os.geteuid() == 0:

@@ -49,13 +49,6 @@ def worker_count(requested: int | None, size: int | None, block_bytes: int) -> i
     return max(1, workers)
 
 
-def _then_trim(function: Callable[..., Any], args: tuple) -> Any:
-    try:
-        return function(*args)
-    finally:
-        forking.trim_heap()
-
-
 class _InProcess(Executor):
     """Runs each call at once in this process: one worker needs no pool."""
 
@@ -95,15 +88,10 @@ def in_order(executor: Executor, calls: Iterable[tuple[Callable[..., Any], tuple
     error in ``calls`` itself (reading further ahead) comes after the results submitted before it, as it
     would in one process: an earlier block's refusal is the one raised.
     """
-    trim = not isinstance(executor, _InProcess)
     pending: collections.deque[Future] = collections.deque()
-
-    def submit(function: Callable[..., Any], args: tuple) -> Future:
-        return executor.submit(_then_trim, function, args) if trim else executor.submit(function, *args)
-
     try:
         for function, args in calls:
-            pending.append(submit(function, args))
+            pending.append(executor.submit(function, *args))
             if len(pending) >= ahead:
                 yield pending.popleft().result()
     except Exception:
