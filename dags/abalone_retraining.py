@@ -342,12 +342,20 @@ def abalone_retraining():
     promoted = with_links(promote(train.output, decision, staged), ModelVersionLink())
 
     @task(multiple_outputs=False, trigger_rule="none_failed")
-    def summarize(decision: dict, promoted: dict | None, staged: dict, candidate: dict | None, dag_run=None) -> dict:
+    def summarize(
+        decision: dict, promoted: dict | None, staged: dict, candidate: dict | None, dag_run=None, ti=None
+    ) -> dict:
         """The run at a glance: decision, scores, the champion now, and the links (JSON in XCom and log)."""
         from abalone_pipeline.tasks import summarize
 
         return summarize(
-            settings, decision=decision, promoted=promoted, staged=staged, candidate=candidate, dag_run=dag_run
+            settings,
+            decision=decision,
+            promoted=promoted,
+            staged=staged,
+            candidate=candidate,
+            dag_run=dag_run,
+            reread=ti.try_number > 1,
         )
 
     summarize(decision, promoted, staged, train.output)

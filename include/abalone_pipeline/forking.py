@@ -54,11 +54,15 @@ def _libc():
 
 def as_helper(parent: int) -> None:
     """Run first in a helper forked from process ``parent``: default SIGTERM and SIGINT, and die with the
-    task's process (Linux), also if it died before this was set."""
+    task (Linux), also if it died before this was set.
+
+    The kernel's parent-death signal follows the thread that forked: helpers are forked from the task's main
+    thread (a ``Drawing``, a pool's first submit), which lives as long as the task does.
+    """
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
     prctl = getattr(_libc(), "prctl", None)
     if prctl is not None:
-        prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signal.SIGKILL))
     if os.getppid() != parent:
         os._exit(1)

@@ -378,18 +378,20 @@ def summarize(
     staged: dict[str, Any],
     candidate: dict[str, Any] | None,
     dag_run,
+    reread: bool = False,
 ) -> dict[str, Any]:
-    """The run at a glance, with the champion as the registry has it; logged as JSON, links alone.
+    """The run at a glance, with the champion after the run; logged as JSON, links alone.
 
     ``candidate`` is None on a night that did not train (its ``decision`` says why). On a night that
-    promotes nothing, the champion is the one the gate read after recording its decision (no MLflow
+    promotes nothing, the champion is the one the gate read once its decision was recorded (no MLflow
     client to load here: a few seconds of such a night); after a promotion, on a night that did not
-    train, or if the gate could not read it, it is read from the registry now.
+    train, if the gate could not read it, or when ``reread`` (a retried or cleared summary, which may come
+    long after the gate), it is read from the registry now.
     """
     from abalone_pipeline import links
     from abalone_pipeline.summary import log_lines, run_summary
 
-    if promoted is None and "champion_now" in decision:
+    if promoted is None and "champion_now" in decision and not reread:
         champion = decision["champion_now"]
     else:
         champion = read_champion(settings)

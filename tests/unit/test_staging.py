@@ -355,6 +355,11 @@ def test_a_refusal_in_an_earlier_block_wins_over_an_error_reading_further_ahead(
     for workers in (1, 3):
         with pytest.raises(StagingError, match="line 301 contains NUL bytes"):
             stage([payload], "nul.csv", store, size=len(payload), workers=workers)
+    # Two refusals in blocks in flight together: the first in the file is the one raised.
+    payload = rows_of(300) + b"M,0.5,\x00,0.1\n" + rows_of(80) + b"F,0.5,\x00,0.2\n" + rows_of(300)
+    for workers in (1, 3):
+        with pytest.raises(StagingError, match="line 301 contains NUL bytes"):
+            stage([payload], "nul.csv", store, size=len(payload), workers=workers)
 
 
 def test_workers_start_in_a_process_marked_daemonic_as_celery_marks_its_pool(store, monkeypatch, abalone_bytes):

@@ -185,14 +185,22 @@ def test_a_night_that_promotes_nothing_is_summarized_without_an_mlflow_client(mo
     staged = {"dataset_id": "aaaa", "manifest_uri": "file:///m.json", "rows": {}, "validation": {}}
     candidate = {"run_id": "r1"}
 
-    def summary(decision, promoted=None):
+    def summary(decision, promoted=None, reread=False):
         return summarize(
-            SETTINGS, decision=decision, promoted=promoted, staged=staged, candidate=candidate, dag_run=DAG_RUN
+            SETTINGS,
+            decision=decision,
+            promoted=promoted,
+            staged=staged,
+            candidate=candidate,
+            dag_run=DAG_RUN,
+            reread=reread,
         )
 
     assert summary({**decision, "champion_now": "3"})["champion_now"] == "3" and not reads, "the gate's read"
     assert summary({**decision, "champion_now": None})["champion_now"] is None and not reads, "no champion yet"
     assert summary(decision)["champion_now"] is None and reads, "no read on record: the registry (down here)"
+    reads.clear()
+    assert summary({**decision, "champion_now": "3"}, reread=True)["champion_now"] is None and reads, "a rerun"
     reads.clear()
     promoted = {"version": "4", "verdict": "promoted"}
     assert summary({**decision, "champion_now": "3"}, promoted)["champion_now"] is None and reads, "read again"

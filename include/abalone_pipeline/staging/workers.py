@@ -71,14 +71,15 @@ def pool(workers: int) -> Generator[Executor, None, None]:
     if workers <= 1:
         yield _InProcess()
         return
-    with forking.children_allowed():  # the processes start on the first submit, and a broken one is not replaced
-        executor = ProcessPoolExecutor(
-            workers, mp_context=forking.context(), initializer=forking.as_helper, initargs=(os.getpid(),)
-        )
-        try:
-            yield executor
-        finally:
-            executor.shutdown(wait=True, cancel_futures=True)
+    executor = ProcessPoolExecutor(
+        workers, mp_context=forking.context(), initializer=forking.as_helper, initargs=(os.getpid(),)
+    )
+    try:
+        with forking.children_allowed():  # forked, all of them start on the first submit (none is replaced)
+            executor.submit(os.getpid).result()
+        yield executor
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 def in_order(executor: Executor, calls: Iterable[tuple[Callable[..., Any], tuple]], ahead: int) -> Iterator[Any]:
@@ -89,14 +90,18 @@ def in_order(executor: Executor, calls: Iterable[tuple[Callable[..., Any], tuple
     would in one process: an earlier block's refusal is the one raised.
     """
     pending: collections.deque[Future] = collections.deque()
-    try:
-        for function, args in calls:
-            pending.append(executor.submit(function, *args))
-            if len(pending) >= ahead:
+    iterator = iter(calls)
+    while True:
+        try:
+            function, args = next(iterator)
+        except StopIteration:
+            break
+        except Exception:  # reading further ahead failed: the results before it come first
+            while pending:
                 yield pending.popleft().result()
-    except Exception:
-        while pending:
+            raise
+        pending.append(executor.submit(function, *args))
+        if len(pending) >= ahead:
             yield pending.popleft().result()
-        raise
     while pending:
         yield pending.popleft().result()
