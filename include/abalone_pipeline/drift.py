@@ -31,8 +31,8 @@ class DriftThresholds:
 class Moments:
     """Running per-column count, sum, sum of squares, min and max, and Sex / age-band counts.
 
-    Fed block by block; rows can be taken out again (exact duplicates found later), since a duplicate
-    leaves min and max unchanged and only the sums and counts need correcting.
+    Fed block by block; rows can be taken out again (exact duplicates found later, ``merge`` with sign -1),
+    since a duplicate leaves min and max unchanged and only the sums and counts need correcting.
     """
 
     def __init__(self) -> None:
@@ -66,17 +66,6 @@ class Moments:
         self.low = self.low.clip(max=columns.min(axis=1))
         self.high = self.high.clip(min=columns.max(axis=1))
         self._counts(columns, sexes, 1)
-
-    def remove(self, columns, sexes: dict[str, int]) -> None:
-        """Take out rows that were added and have an identical row left in."""
-        import numpy as np
-
-        if not columns.shape[1]:
-            return
-        self.count -= columns.shape[1]
-        self.sums -= columns.sum(axis=1)
-        self.squares -= np.einsum("ij,ij->i", columns, columns)
-        self._counts(columns, sexes, -1)
 
     def merge(self, other: Moments, sign: int = 1) -> None:
         """Take in (``sign`` 1) or take out (-1) the rows ``other`` took in: a block's or a partition's,

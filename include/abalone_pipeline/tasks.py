@@ -298,15 +298,17 @@ def _record(settings: Settings, client, chart, candidate, decision, evaluation, 
     return {**decision, "outcome": outcome, "experiment_id": run.info.experiment_id, **champion_now(settings, client)}
 
 
-def champion_now(settings: Settings, client) -> dict[str, str | None]:
-    """``{"champion_now": version}`` (None: there is no champion) read once the decision is recorded, or
-    nothing if the registry cannot say (the summary then reads it itself)."""
+def champion_now(settings: Settings, client=None) -> dict[str, str | None]:
+    """``{"champion_now": version}`` (None: there is no champion) as the registry has it now, read with
+    ``client`` (a new MLflow client if None); nothing, with a warning, if the registry cannot say."""
+    from abalone_contract.tracking import mlflow_client
     from abalone_pipeline import registry
 
     try:
+        client = client or mlflow_client(settings.tracking_uri)
         return {"champion_now": registry.current_version(client, settings.model_name, settings.champion_alias)}
-    except Exception as exc:
-        log.warning("cannot read %s@%s for the summary: %s", settings.model_name, settings.champion_alias, exc)
+    except Exception as exc:  # a summary without the champion is still one
+        log.warning("cannot read %s@%s: %s", settings.model_name, settings.champion_alias, exc)
         return {}
 
 
@@ -391,10 +393,8 @@ def summarize(
     from abalone_pipeline import links
     from abalone_pipeline.summary import log_lines, run_summary
 
-    if promoted is None and "champion_now" in decision and not reread:
-        champion = decision["champion_now"]
-    else:
-        champion = read_champion(settings)
+    known = decision if promoted is None and not reread else {}  # the gate's read, if it could
+    champion = (known if "champion_now" in known else champion_now(settings)).get("champion_now")
     version = (promoted or {}).get("version")
     run_id = (candidate or {}).get("run_id")
     summary = run_summary(
@@ -414,20 +414,6 @@ def summarize(
     for line in log_lines(summary):
         log.info("%s", line)
     return summary
-
-
-def read_champion(settings: Settings) -> str | None:
-    """The version the champion alias points at now; None, with a warning, if the registry cannot say: a
-    summary without the champion is still one."""
-    from abalone_contract.tracking import mlflow_client
-    from abalone_pipeline import registry
-
-    try:
-        client = mlflow_client(settings.tracking_uri)
-        return registry.current_version(client, settings.model_name, settings.champion_alias)
-    except Exception as exc:
-        log.warning("cannot read %s@%s: %s", settings.model_name, settings.champion_alias, exc)
-        return None
 
 
 def gate_report_link(settings: Settings, run_id: str, experiment_id: str | None) -> str | None:
